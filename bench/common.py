@@ -1,0 +1,49 @@
+"""Shared bench helpers: machine description, peak memory, and RESULTS.md section updates."""
+
+from __future__ import annotations
+
+import platform
+import re
+import resource
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"{cpu}, {cores} cores{gpu}, torch {torch.__version__}"
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def update_results(section: str, body: str) -> None:
+    """Replace (or append) the section `## {section}` of bench/RESULTS.md with `body`."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"## {section}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = (
+        pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text + "\n" + block
+    )
+    RESULTS.write_text(text.rstrip() + "\n")

@@ -1,0 +1,159 @@
+"""Collect episodes with Gymnasium vector environments into an `EpisodeStore`.
+
+Each episode is reset with its own seed, derived from (--seed, episode number in the
+dataset) and kept in the manifest, so any episode can be replayed exactly, and appending to a
+dataset with the same --seed gives new episodes rather than copies.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+from nanodreamer import envs
+from nanodreamer.data.store import EpisodeStore
+
+
+class Policy(Protocol):
+    def act(self, obs: np.ndarray, is_first: np.ndarray) -> np.ndarray:
+        """obs (N,H,W,C) uint8, is_first (N,) bool (a new episode: forget its context)
+        -> actions (N,A) in [-1, 1]."""
+
+
+class RandomPolicy:
+    """Uniform actions in [-1, 1]^A, each held for a random 1..`hold` steps.
+
+    Holding explores better than fresh noise every step: in car racing the car actually turns
+    and accelerates instead of jittering in place.
+    """
+
+    def __init__(self, num_envs: int, action_dim: int, hold: int = 8, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.hold = hold
+        self.action = np.zeros((num_envs, action_dim), np.float32)
+        self.left = np.zeros(num_envs, np.int64)
+
+    def act(self, obs: np.ndarray, is_first: np.ndarray) -> np.ndarray:
+        self.left[is_first] = 0
+        renew = self.left <= 0
+        self.action[renew] = self.rng.uniform(-1, 1, self.action[renew].shape)
+        self.left[renew] = self.rng.integers(1, self.hold + 1, int(renew.sum()))
+        self.left -= 1
+        return self.action.copy()
+
+
+def episode_seed(seed: int, number: int) -> int:
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+class _Recorder:
+    """Builds one episode in the SPEC alignment: index 0 = reset frame, zero action/reward."""
+
+    def __init__(self, obs: np.ndarray, action_dim: int):
+        self.obs, self.action = [obs], [np.zeros(action_dim, np.float32)]
+        self.reward, self.is_terminal = [0.0], [False]
+
+    def add(self, obs, action, reward, terminated) -> None:
+        self.obs.append(obs)
+        self.action.append(np.asarray(action, np.float32))
+        self.reward.append(float(reward))
+        self.is_terminal.append(bool(terminated))
+
+    def episode(self) -> dict[str, np.ndarray]:
+        is_first = np.zeros(len(self.obs), bool)
+        is_first[0] = True
+        return {
+            "obs": np.stack(self.obs),
+            "action": np.stack(self.action),
+            "reward": np.array(self.reward, np.float32),
+            "is_first": is_first,
+            "is_terminal": np.array(self.is_terminal),
+        }
+
+
+def collect(
+    env: str,
+    out: str | Path,
+    episodes: int,
+    *,
+    workers: int = 1,
+    seed: int = 0,
+    policy: Policy | None = None,
+    env_options: dict | None = None,
+    progress: bool = True,
+) -> EpisodeStore:
+    """Append `episodes` episodes of `env` to the dataset at `out` and return it (reopened)."""
+    env_options = env_options or {}
+    make_env = functools.partial(envs.make, env, **env_options)
+    probe = make_env()
+    obs_shape, action_dim = probe.observation_space.shape, probe.action_space.shape[0]
+    bins = envs.action_bins(probe)
+    probe.close()
+    store = EpisodeStore.create(
+        out,
+        env=env,
+        obs_shape=obs_shape,
+        action_dim=action_dim,
+        action_bins=bins,
+        env_options=env_options,
+    )
+    with store:
+        _run(store, make_env, episodes, min(workers, episodes), seed, policy, progress)
+    return EpisodeStore(out)
+
+
+def _run(store, make_env, episodes, num_envs, seed, policy, progress) -> None:
+    disabled = gym.vector.AutoresetMode.DISABLED
+    if num_envs > 1:  # spawned workers do not inherit the dataset's lock file
+        venv = gym.vector.AsyncVectorEnv(
+            [make_env] * num_envs, context="spawn", autoreset_mode=disabled
+        )
+    else:
+        venv = gym.vector.SyncVectorEnv([make_env], autoreset_mode=disabled)
+    action_dim = store.manifest["action_dim"]
+    first = len(store)
+    policy = policy or RandomPolicy(num_envs, action_dim, seed=(seed, first))
+    seeds = [episode_seed(seed, first + k) for k in range(num_envs)]
+    started, written, steps, t0 = num_envs, 0, 0, time.perf_counter()
+    obs, _ = venv.reset(seed=seeds)
+    recorders = [_Recorder(o, action_dim) for o in obs]
+    is_first = np.ones(num_envs, bool)
+    bar = tqdm(total=episodes, desc="collect", unit="ep", disable=not progress)
+    try:
+        while written < episodes:
+            actions = np.clip(policy.act(obs, is_first), -1.0, 1.0).astype(np.float32)
+            obs, reward, terminated, truncated, _ = venv.step(actions)
+            steps += num_envs
+            is_first[:] = False
+            for i in range(num_envs):
+                recorders[i].add(obs[i], actions[i], reward[i], terminated[i])
+            done = terminated | truncated
+            if not done.any():
+                continue
+            reset_seeds = [None] * num_envs
+            for i in np.flatnonzero(done):
+                if seeds[i] is not None and written < episodes:
+                    store.add(recorders[i].episode(), seed=seeds[i])
+                    written += 1
+                    bar.update(1)
+                seeds[i] = reset_seeds[i] = None
+                if started < episodes:
+                    seeds[i] = reset_seeds[i] = episode_seed(seed, first + started)
+                    started += 1
+            bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - t0):.0f}")
+            if written >= episodes:
+                break
+            reset_obs, _ = venv.reset(seed=reset_seeds, options={"reset_mask": done})
+            obs[done] = reset_obs[done]
+            for i in np.flatnonzero(done):
+                recorders[i] = _Recorder(obs[i], action_dim)
+            is_first[done] = True
+    finally:
+        bar.close()
+        venv.close()

@@ -1,0 +1,133 @@
+"""Training windows: fixed-length slices of T frames that never cross episode boundaries.
+
+Item `i` of a `WindowDataset` is a pure function of (seed, i): the dataset has no state that
+depends on which worker asks, so a `DataLoader` with any number of workers yields the same
+batches, and a resumed run that starts at item `step * batch_size` sees the same data as an
+uninterrupted one. Windows are drawn uniformly over all valid start positions of the split, so
+every frame is equally likely. An episode shorter than T gives one window, zero-padded at the
+end, with `valid` False on the padding (losses ignore those frames).
+
+Episodes are read lazily, each worker keeping a small LRU cache of decoded episodes, so
+datasets larger than RAM work.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanodreamer.data.store import KEYS, EpisodeStore
+from nanodreamer.errors import UserError
+
+
+def split_episodes(store: EpisodeStore, split: str, val_fraction: float = 0.1) -> list[int]:
+    """Indices of the episodes in `split` ("train", "val" or "all").
+
+    An episode's split is decided by a hash of its file name, so it never changes when the
+    dataset grows. With two or more episodes, each split gets at least one.
+    """
+    if split == "all":
+        return list(range(len(store)))
+    buckets = [zlib.crc32(e["file"].encode()) % 10_000 / 10_000 for e in store.episodes]
+    val = [i for i, b in enumerate(buckets) if b < val_fraction]
+    if len(store) >= 2 and val_fraction > 0:
+        if not val:
+            val = [int(np.argmin(buckets))]
+        if len(val) == len(store):
+            val = val[:-1]
+    if split == "val":
+        return val
+    if split == "train":
+        return [i for i in range(len(store)) if i not in set(val)]
+    raise UserError(f"unknown split {split!r}: use train, val or all")
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Map-style dataset of windows; any non-negative index is valid (an endless stream).
+
+    `len()` is the number of frames in the split, a nominal epoch.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        seq_len: int,
+        *,
+        split: str = "train",
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        keys: tuple[str, ...] = KEYS,
+        cache_bytes: int = 1 << 30,
+    ):
+        self.store = EpisodeStore(path)
+        self.seq_len, self.seed, self.keys, self.cache_bytes = seq_len, seed, keys, cache_bytes
+        self.episode_ids = split_episodes(self.store, split, val_fraction)
+        if not self.episode_ids:
+            raise UserError(f"{path} has no episodes in the {split!r} split: collect more")
+        lengths = self.store.lengths[self.episode_ids]
+        self.starts_per_episode = np.maximum(lengths - seq_len + 1, 1)
+        self.cumulative = np.cumsum(self.starts_per_episode)
+        self.num_frames = int(lengths.sum())
+        self._cache: OrderedDict[int, dict] = OrderedDict()
+        self._cached_bytes = 0
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(episode index in the store, start frame) of window `index`."""
+        rng = np.random.default_rng((self.seed, index))
+        u = int(rng.integers(self.cumulative[-1]))
+        k = int(np.searchsorted(self.cumulative, u, side="right"))
+        start = u - (int(self.cumulative[k - 1]) if k else 0)
+        return self.episode_ids[k], start
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        episode_id, start = self.locate(index)
+        episode = self._episode(episode_id)
+        window = {k: v[start : start + self.seq_len] for k, v in episode.items()}
+        length = len(next(iter(window.values())))
+        valid = np.arange(self.seq_len) < length
+        if length < self.seq_len:
+            window = {k: _pad(v, self.seq_len) for k, v in window.items()}
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in window.items()}
+        out["valid"] = torch.from_numpy(valid)
+        out["episode"] = torch.tensor(episode_id)
+        out["start"] = torch.tensor(start)
+        return out
+
+    def _episode(self, episode_id: int) -> dict[str, np.ndarray]:
+        if episode_id in self._cache:
+            self._cache.move_to_end(episode_id)
+            return self._cache[episode_id]
+        episode = self.store.load(episode_id, self.keys)
+        self._cache[episode_id] = episode
+        self._cached_bytes += sum(v.nbytes for v in episode.values())
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached_bytes -= sum(v.nbytes for v in dropped.values())
+        return episode
+
+
+def _pad(array: np.ndarray, length: int) -> np.ndarray:
+    padding = np.zeros((length - len(array), *array.shape[1:]), array.dtype)
+    return np.concatenate([array, padding])
+
+
+def window_loader(
+    dataset: WindowDataset, batch_size: int, *, start: int = 0, workers: int = 0, **kwargs
+) -> torch.utils.data.DataLoader:
+    """Endless loader over windows `start, start+1, ...` (pass `start = step * batch_size` to
+    resume exactly where a run stopped)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=range(start, 1 << 62),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        **kwargs,
+    )

@@ -1,0 +1,81 @@
+"""Environments: `make(name, **options)` returns a Gymnasium env with uint8 HxWxC frames and
+actions normalised to [-1, 1] per dimension.
+
+Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), or any Gymnasium id
+whose observations are images or that renders `rgb_array` frames (resized to `resolution`).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from nanodreamer.envs.car_racing import make_car_racing
+from nanodreamer.envs.wrappers import ActionRepeat, ColorChannels, DiscreteAsBins, ResizeImage
+from nanodreamer.errors import UserError
+
+NAMED = {"car-racing": make_car_racing}
+
+
+def make(name: str, *, resolution: int | None = None, action_repeat: int = 1, **options) -> gym.Env:
+    """Create environment `name`; `options` go to its constructor (gym.make for Gymnasium ids)."""
+    env = NAMED[name](**options) if name in NAMED else _make_gym(name, options)
+    env = _image_observations(env, name)
+    if resolution is not None or env.observation_space.shape[0] != env.observation_space.shape[1]:
+        env = ResizeImage(env, resolution or 64)
+    env = _normalised_actions(env, name)
+    if action_repeat != 1:
+        env = ActionRepeat(env, action_repeat)
+    return env
+
+
+def action_bins(env: gym.Env) -> list[int] | None:
+    """Bins per action dimension for a discrete env, None for continuous actions."""
+    try:
+        return env.get_wrapper_attr("action_bins")
+    except AttributeError:
+        return None
+
+
+def _make_gym(name: str, options: dict) -> gym.Env:
+    if name not in gym.registry:
+        known = ", ".join(sorted(NAMED))
+        raise UserError(f"unknown environment {name!r}: use one of {known} or a Gymnasium id")
+    env = gym.make(name, **options)
+    if _is_image_space(env.observation_space):
+        return env
+    if "rgb_array" not in env.metadata.get("render_modes", []):
+        env.close()
+        raise UserError(
+            f"environment {name!r} has no image observation and cannot render rgb_array frames: "
+            "pick an environment with pixel observations"
+        )
+    env.close()
+    env = gym.make(name, render_mode="rgb_array", **options)
+    return gym.wrappers.AddRenderObservation(env, render_only=True)
+
+
+def _is_image_space(space: gym.Space) -> bool:
+    if not isinstance(space, gym.spaces.Box) or space.dtype != np.uint8:
+        return False
+    return len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3))
+
+
+def _image_observations(env: gym.Env, name: str) -> gym.Env:
+    if not _is_image_space(env.observation_space):
+        raise UserError(f"environment {name!r} does not produce uint8 image observations")
+    return ColorChannels(env)
+
+
+def _normalised_actions(env: gym.Env, name: str) -> gym.Env:
+    space = env.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        return DiscreteAsBins(env)
+    if isinstance(space, gym.spaces.Box) and np.all(np.isfinite(space.low)):
+        if np.all(space.low == -1) and np.all(space.high == 1):
+            return env
+        return gym.wrappers.RescaleAction(env, -1.0, 1.0)
+    raise UserError(
+        f"environment {name!r} has action space {space}: only Discrete and bounded Box "
+        "action spaces are supported"
+    )

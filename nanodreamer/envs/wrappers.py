@@ -1,0 +1,79 @@
+"""Small Gymnasium wrappers, each doing one thing, composed by `nanodreamer.envs.make`."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from PIL import Image
+
+
+class ActionRepeat(gym.Wrapper):
+    """Repeat each action `repeat` times, summing rewards and stopping at episode end."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        if repeat < 1:
+            raise ValueError(f"action_repeat must be >= 1, got {repeat}")
+        self.repeat = repeat
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+class ResizeImage(gym.ObservationWrapper):
+    """Resize HxWxC uint8 frames to `size`x`size` (area averaging when shrinking)."""
+
+    def __init__(self, env: gym.Env, size: int):
+        super().__init__(env)
+        channels = env.observation_space.shape[-1]
+        self.size = size
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, channels), np.uint8)
+
+    def observation(self, obs: np.ndarray) -> np.ndarray:
+        if obs.shape[:2] == (self.size, self.size):
+            return obs
+        image = Image.fromarray(obs.squeeze(-1) if obs.shape[-1] == 1 else obs)
+        resized = np.asarray(image.resize((self.size, self.size), Image.Resampling.BOX))
+        return resized.reshape(self.size, self.size, -1)
+
+
+class ColorChannels(gym.ObservationWrapper):
+    """Give grayscale frames (H,W) or (H,W,1) an explicit channel axis; leave RGB alone."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        h, w = env.observation_space.shape[:2]
+        c = env.observation_space.shape[2] if len(env.observation_space.shape) == 3 else 1
+        self.observation_space = gym.spaces.Box(0, 255, (h, w, c), np.uint8)
+
+    def observation(self, obs: np.ndarray) -> np.ndarray:
+        return obs.reshape(self.observation_space.shape)
+
+
+class DiscreteAsBins(gym.ActionWrapper):
+    """Expose Discrete(n) as a 1-D action in [-1, 1] cut into n bins (bin i <-> choice i).
+
+    The world model embeds each action dimension by bin lookup, so setting its bin count to n
+    makes this exactly a discrete embedding (SPEC: "Discrete actions").
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.action_bins = [int(env.action_space.n)]
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def action(self, action) -> int:
+        n = self.action_bins[0]
+        value = float(np.clip(np.asarray(action).reshape(-1)[0], -1.0, 1.0))
+        return int(np.clip(np.floor((value + 1.0) / 2.0 * n), 0, n - 1))
+
+
+def bin_centers(n: int) -> np.ndarray:
+    """The normalised action value that stands for each of n bins: centres of n equal cells."""
+    return (np.arange(n, dtype=np.float32) + 0.5) / n * 2.0 - 1.0

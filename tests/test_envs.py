@@ -1,0 +1,87 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from nanodreamer import envs
+from nanodreamer.envs.car_racing import CarRacingAction
+from nanodreamer.envs.wrappers import DiscreteAsBins, bin_centers
+from nanodreamer.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def car():
+    env = envs.make("car-racing")
+    yield env
+    env.close()
+
+
+def test_car_racing_spaces(car):
+    obs, _ = car.reset(seed=0)
+    assert obs.shape == (96, 96, 3) and obs.dtype == np.uint8
+    assert car.observation_space.shape == (96, 96, 3)
+    assert car.action_space == gym.spaces.Box(-1, 1, (2,), np.float32)
+    assert envs.action_bins(car) is None
+
+
+@pytest.mark.parametrize(
+    "action, expected",
+    [
+        ((0.0, 0.0), (0.0, 0.0, 0.0)),
+        ((-1.0, 1.0), (-1.0, 1.0, 0.0)),
+        ((0.5, -1.0), (0.5, 0.0, 1.0)),
+        ((1.0, -0.25), (1.0, 0.0, 0.25)),
+        ((2.0, 3.0), (1.0, 1.0, 0.0)),  # out of range is clipped, never passed through
+    ],
+)
+def test_car_racing_action_mapping(action, expected):
+    wrapper = CarRacingAction(gym.make("CarRacing-v3"))
+    np.testing.assert_allclose(wrapper.action(np.array(action, np.float32)), expected)
+
+
+def test_action_repeat_sums_rewards():
+    one, two = envs.make("car-racing"), envs.make("car-racing", action_repeat=2)
+    one.reset(seed=3)
+    two.reset(seed=3)
+    action = np.array([0.0, 1.0], np.float32)
+    rewards = [one.step(action)[1] for _ in range(4)]
+    obs_two = [two.step(action) for _ in range(2)]
+    np.testing.assert_allclose(sum(rewards), sum(o[1] for o in obs_two), rtol=1e-5)
+
+
+def test_gym_env_rendered_and_discrete_bins():
+    env = envs.make("CartPole-v1", resolution=32)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (32, 32, 3) and obs.dtype == np.uint8 and obs.std() > 0
+    assert envs.action_bins(env) == [2]
+    assert env.action_space.shape == (1,)
+    env.step(np.array([0.9], np.float32))
+    env.close()
+
+
+def test_discrete_bins_round_trip():
+    env = DiscreteAsBins(gym.make("CartPole-v1"))
+    env.action_bins = [5]
+    for choice, value in enumerate(bin_centers(5)):
+        assert env.action(np.array([value])) == choice
+    assert env.action(np.array([-1.0])) == 0 and env.action(np.array([1.0])) == 4
+
+
+def test_continuous_actions_rescaled():
+    env = envs.make("Pendulum-v1", resolution=16)
+    assert env.action_space.low.tolist() == [-1.0] and env.action_space.high.tolist() == [1.0]
+    assert env.get_wrapper_attr("action")(np.array([1.0], np.float32)) == pytest.approx(2.0)
+    env.close()
+
+
+def test_bad_env_names_and_spaces():
+    with pytest.raises(UserError, match="unknown environment"):
+        envs.make("car-racin")
+    gym.register("NoPixels-v0", entry_point=NoPixels)
+    with pytest.raises(UserError, match="no image observation"):
+        envs.make("NoPixels-v0")
+
+
+class NoPixels(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    metadata = {"render_modes": []}

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from conftest import make_store
+
+from nanodreamer.data import WindowDataset, split_episodes, window_loader
+
+
+def origin(window) -> tuple[np.ndarray, np.ndarray]:
+    obs = window["obs"].numpy()
+    return obs[:, 0, 0, 0], obs[:, 0, 0, 1].astype(int) + 256 * obs[:, 0, 0, 2].astype(int)
+
+
+def test_windows_never_cross_episodes(synthetic_store):
+    data = WindowDataset(synthetic_store.path, 16, split="all")
+    lengths = synthetic_store.lengths
+    for i in range(300):
+        window = data[i]
+        episode, t = origin(window)
+        valid = window["valid"].numpy()
+        assert (episode[valid] == window["episode"].item()).all()
+        assert (np.diff(t[valid]) == 1).all() and t[0] == window["start"].item()
+        assert t[valid][-1] < lengths[window["episode"].item()]
+        assert window["is_first"][0].item() == (t[0] == 0)
+
+
+def test_short_episode_padded_with_mask(tmp_path):
+    store = make_store(tmp_path, [5])
+    window = WindowDataset(store.path, 8, split="all")[0]
+    assert window["valid"].tolist() == [True] * 5 + [False] * 3
+    assert window["obs"].shape == (8, 8, 8, 3) and (window["obs"][5:] == 0).all()
+    assert window["is_first"].tolist() == [True] + [False] * 7
+
+
+def test_windows_cover_every_start_uniformly(tmp_path):
+    store = make_store(tmp_path, [12, 6])
+    data = WindowDataset(store.path, 4, split="all")
+    counts = {}
+    for i in range(4000):
+        key = data.locate(i)
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 9 + 3  # every valid start of both episodes, nothing else
+    assert max(counts.values()) / min(counts.values()) < 1.5
+
+
+def test_deterministic_under_seed_and_workers(synthetic_store):
+    def batches(workers, seed, start=0):
+        data = WindowDataset(synthetic_store.path, 8, seed=seed)
+        loader = window_loader(data, 4, start=start, workers=workers)
+        out = []
+        for i, batch in enumerate(loader):
+            out.append(batch["obs"].clone())
+            if i == 5:
+                return out
+
+    a, b, c = batches(0, 1), batches(2, 1), batches(0, 2)
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+    assert any((x != y).any() for x, y in zip(a, c, strict=True))
+    resumed = batches(0, 1, start=3 * 4)
+    assert all((x == y).all() for x, y in zip(a[3:], resumed[:3], strict=True))
+
+
+def test_split_by_episode_disjoint_and_stable(tmp_path):
+    store = make_store(tmp_path, [10] * 30)
+    train, val = split_episodes(store, "train"), split_episodes(store, "val")
+    assert set(train).isdisjoint(val) and sorted(train + val) == list(range(30))
+    assert 1 <= len(val) <= 8
+    train_windows = WindowDataset(store.path, 4, split="train")
+    assert {train_windows.locate(i)[0] for i in range(500)} <= set(train)
+    grown = make_store(tmp_path / "bigger", [10] * 40)
+    assert set(val) <= set(split_episodes(grown, "val"))
+
+
+def test_two_episodes_give_both_splits(tmp_path):
+    store = make_store(tmp_path, [10, 10])
+    assert len(split_episodes(store, "val")) == 1 and len(split_episodes(store, "train")) == 1
+    with pytest.raises(ValueError, match="unknown split"):
+        split_episodes(store, "test")

@@ -1,0 +1,110 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+from conftest import make_store, synthetic_episode
+
+from nanodreamer.data import KEYS, CorruptEpisodeError, EpisodeStore, summarize, verify
+from nanodreamer.errors import UserError
+
+
+def test_round_trip_exact_keys(tmp_path):
+    store = make_store(tmp_path / "d", [10, 7])
+    assert len(store) == 2 and store.frames == 17
+    first = store[0]
+    assert set(first) == set(KEYS)
+    expected = synthetic_episode(10, 0)
+    for key in KEYS:
+        np.testing.assert_array_equal(first[key], expected[key])
+        assert first[key].dtype == expected[key].dtype
+    assert [len(ep["reward"]) for ep in store] == [10, 7]
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["num_episodes"] == 2 and manifest["num_frames"] == 17
+    assert manifest["format_version"] == 1 and manifest["obs_shape"] == [8, 8, 3]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda ep: ep["action"].__setitem__((3, 0), 1.5), r"actions must lie in \[-1, 1\]"),
+        (lambda ep: ep.__setitem__("obs", ep["obs"].astype(np.float32)), "obs must be uint8"),
+        (lambda ep: ep.__setitem__("obs", ep["obs"][:, :4]), "obs must be uint8 of shape"),
+        (lambda ep: ep["action"].__setitem__((0, 1), 0.3), "index 0 must hold a zero action"),
+        (lambda ep: ep.pop("is_terminal"), "exactly the keys"),
+    ],
+)
+def test_bad_episodes_rejected(tmp_path, change, message):
+    with EpisodeStore.create(tmp_path, env="synthetic", obs_shape=(8, 8, 3), action_dim=2) as s:
+        episode = synthetic_episode(6, 0)
+        change(episode)
+        with pytest.raises(UserError, match=message):
+            s.add(episode)
+        assert len(s) == 0
+
+
+def test_append_other_env_or_resolution_refused(tmp_path):
+    make_store(tmp_path, [5])
+    before = (tmp_path / "manifest.json").read_text()
+    with pytest.raises(UserError, match="env='synthetic'"):
+        EpisodeStore.create(tmp_path, env="car-racing", obs_shape=(8, 8, 3), action_dim=2)
+    with pytest.raises(UserError, match="obs_shape"):
+        EpisodeStore.create(tmp_path, env="synthetic", obs_shape=(16, 16, 3), action_dim=2)
+    assert (tmp_path / "manifest.json").read_text() == before
+    assert len(EpisodeStore(tmp_path)) == 1
+
+
+def test_one_writer_at_a_time(tmp_path):
+    spec = {"env": "synthetic", "obs_shape": (8, 8, 3), "action_dim": 2}
+    with EpisodeStore.create(tmp_path, **spec), pytest.raises(UserError, match="another process"):
+        EpisodeStore.create(tmp_path, **spec)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(UserError, match="not a dataset"):
+        EpisodeStore(tmp_path)
+
+
+def test_truncated_file_skipped_by_name_and_repaired(tmp_path):
+    make_store(tmp_path, [10, 12, 9])
+    victim = tmp_path / "episodes" / "ep_000001.npz"
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="ep_000001.npz"):
+        store = EpisodeStore(tmp_path)
+    assert len(store) == 2 and store.lengths.tolist() == [10, 9]
+    problems = verify(tmp_path, repair=True)
+    assert len(problems) == 1 and "ep_000001.npz" in problems[0]
+    assert (tmp_path / "corrupt" / "ep_000001.npz").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(EpisodeStore(tmp_path)) == 2
+
+
+def test_corrupt_content_same_size_detected(tmp_path):
+    make_store(tmp_path, [30, 12])
+    victim = tmp_path / "episodes" / "ep_000000.npz"
+    data = bytearray(victim.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    victim.write_bytes(bytes(data))
+    store = EpisodeStore(tmp_path)  # same size: only a full read can tell
+    with pytest.raises(CorruptEpisodeError, match=r"ep_000000\.npz is truncated or corrupt"):
+        store[0]
+    assert len(verify(tmp_path)) == 1
+
+
+def test_orphan_episode_adopted(tmp_path):
+    """A writer killed between the episode rename and the manifest update loses nothing."""
+    make_store(tmp_path, [10, 11])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["episodes"] = manifest["episodes"][:1]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    store = EpisodeStore(tmp_path)
+    assert store.lengths.tolist() == [10, 11]
+
+
+def test_summary(synthetic_store):
+    info = summarize(synthetic_store)
+    assert info["episodes"] == 6 and info["frames"] == 40 + 25 + 60 + 5 + 33 + 47
+    assert info["episode_length"]["max"] == 60 and len(info["action"]["mean"]) == 2
+    assert info["bytes_on_disk"] > 0
