@@ -6,11 +6,15 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from nanodreamer.errors import UserError
+from nanodreamer.train import distributed
+from nanodreamer.train.trainer import TrainConfig, Trainer
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
@@ -75,6 +79,90 @@ def cmd_data_verify(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def train_config(args: argparse.Namespace, preset) -> TrainConfig:
+    """The preset's training defaults, overridden by the flags the user gave."""
+    overrides = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "lr": args.lr,
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "workers": args.workers,
+        "eval_every": args.eval_every,
+        "compile": args.compile or None,
+        "checkpointing": args.checkpointing or None,
+        "ema": args.ema,
+        "tensorboard": False if args.no_tensorboard else None,
+        "wandb": args.wandb or None,
+    }
+    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from nanodreamer.data import EpisodeStore
+    from nanodreamer.tokenizer import TOKENIZER_PRESETS, load_perceptual
+    from nanodreamer.train.tokenizer import TRAIN_PRESETS, TokenizerPhase
+
+    cfg = train_config(args, TRAIN_PRESETS[args.preset])
+    height, _, channels = EpisodeStore(args.data).manifest["obs_shape"]
+    config = replace(
+        TOKENIZER_PRESETS[args.preset], window=cfg.seq_len, image_size=height, channels=channels
+    )
+    env = distributed.setup(args.device)
+    try:
+        phase = TokenizerPhase(args.data, config, cfg)
+        if args.lpips:
+            phase.model.use_perceptual(load_perceptual(args.lpips).to(env.device))
+        results = Trainer(args.out, phase, cfg, env).fit(resume=args.resume)
+        if env.main:
+            print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+    finally:
+        distributed.teardown()
+
+
+def cmd_eval_tokenizer(args: argparse.Namespace) -> None:
+    from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
+    from nanodreamer.train.checkpoint import read_run
+    from nanodreamer.train.tokenizer import check_dataset_matches, load_tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_tokenizer(args.run, device)
+    check_dataset_matches(Path(args.data), model.config)
+    seq_len = read_run(args.run)["train"]["seq_len"]
+    windows = validation_windows(args.data, seq_len, count=args.windows)
+    gif = Path(args.gif) if args.gif else Path(args.run) / "reconstruction.gif"
+    results = evaluate_tokenizer(model, windows, gif=gif) | {"gif": str(gif)}
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(
+            f"PSNR {results['psnr']:.2f} dB  SSIM {results['ssim']:.4f}  "
+            f"({results['frames']} validation frames)  reconstruction: {gif}"
+        )
+
+
+def add_train_flags(p: argparse.ArgumentParser, presets) -> None:
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--preset", choices=list(presets), default="tiny")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--seq-len", type=int, help="frames per training window")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--minutes", type=float, help="time budget; the LR schedule follows it")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="data loader processes")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument("--ema", type=float, help="EMA decay of evaluated/exported weights")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from nanodreamer.data import collect, summarize
 
@@ -113,6 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--repair", action="store_true")
     p.set_defaults(func=cmd_data_verify)
+
+    from nanodreamer.tokenizer import TOKENIZER_PRESETS
+
+    train = sub.add_parser("train", help="train one phase").add_subparsers(
+        dest="train_command", required=True
+    )
+    p = train.add_parser("tokenizer", help="phase 1a: the causal masked-autoencoder tokenizer")
+    add_train_flags(p, TOKENIZER_PRESETS)
+    p.add_argument("--lpips", help="perceptual loss: 'lpips' (package) or an exported .pt2 file")
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(
+        dest="eval_command", required=True
+    )
+    p = evaluate.add_parser("tokenizer", help="reconstruction PSNR and SSIM on validation data")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--windows", type=int, default=32, help="validation windows to score")
+    p.add_argument("--gif", help="where to write the reconstruction GIF")
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_tokenizer)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
     p.add_argument("--out", default="runs/demo")

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from conftest import make_store
 
 from nanodreamer.data import WindowDataset, split_episodes, window_loader
@@ -43,9 +44,9 @@ def test_windows_cover_every_start_uniformly(tmp_path):
 
 
 def test_deterministic_under_seed_and_workers(synthetic_store):
-    def batches(workers, seed, start=0):
+    def batches(workers, seed, start_step=0):
         data = WindowDataset(synthetic_store.path, 8, seed=seed)
-        loader = window_loader(data, 4, start=start, workers=workers)
+        loader = window_loader(data, 4, start_step=start_step, workers=workers)
         out = []
         for i, batch in enumerate(loader):
             out.append(batch["obs"].clone())
@@ -55,8 +56,14 @@ def test_deterministic_under_seed_and_workers(synthetic_store):
     a, b, c = batches(0, 1), batches(2, 1), batches(0, 2)
     assert all((x == y).all() for x, y in zip(a, b, strict=True))
     assert any((x != y).any() for x, y in zip(a, c, strict=True))
-    resumed = batches(0, 1, start=3 * 4)
+    resumed = batches(0, 1, start_step=3)
     assert all((x == y).all() for x, y in zip(a[3:], resumed[:3], strict=True))
+    rank0, rank1 = (
+        iter(window_loader(WindowDataset(synthetic_store.path, 8, seed=1), 2, rank=r, world=2))
+        for r in (0, 1)
+    )
+    first = torch.cat([next(rank0)["obs"], next(rank1)["obs"]])
+    assert (first == a[0]).all()  # two ranks of batch 2 see exactly one batch of 4
 
 
 def test_split_by_episode_disjoint_and_stable(tmp_path):

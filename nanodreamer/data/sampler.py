@@ -13,6 +13,7 @@ datasets larger than RAM work.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -118,16 +119,42 @@ def _pad(array: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([array, padding])
 
 
+class StepSampler(torch.utils.data.Sampler):
+    """Item indices for this rank, step after step: step s of rank r takes items
+    (s * world + r) * batch_size + [0, batch_size)."""
+
+    def __init__(self, start_step: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.start_step, self.batch_size, self.rank, self.world = (
+            start_step,
+            batch_size,
+            rank,
+            world,
+        )
+
+    def __iter__(self):
+        for step in itertools.count(self.start_step):
+            first = (step * self.world + self.rank) * self.batch_size
+            yield from range(first, first + self.batch_size)
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+
 def window_loader(
-    dataset: WindowDataset, batch_size: int, *, start: int = 0, workers: int = 0, **kwargs
+    dataset: WindowDataset,
+    batch_size: int,
+    *,
+    start_step: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """Endless loader over windows `start, start+1, ...` (pass `start = step * batch_size` to
-    resume exactly where a run stopped)."""
+    """Endless loader of batches; pass the step to resume from to continue the same stream."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=range(start, 1 << 62),
+        sampler=StepSampler(start_step, batch_size, rank, world),
         num_workers=workers,
         persistent_workers=workers > 0,
-        **kwargs,
+        generator=torch.Generator(),  # leaves the global RNG alone, so resumed runs match
     )

@@ -1,0 +1,3 @@
+from nanodreamer.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Network building blocks: attention, the axial transformer, distributions."""

@@ -1,0 +1,151 @@
+"""Axial space/time transformer shared by the tokenizer and the dynamics model.
+
+Tokens are laid out as (B, T, S, D): T frames of S tokens each. *Space* layers attend within a
+frame under a modality mask built once from a `TokenLayout`; *time* layers (every
+`time_every`-th layer) attend causally across frames at the same token position, with RoPE-1D
+over frame positions and a bounded look-back `window`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from nanodreamer.nn.attention import Attention, KVCache, rope_angles
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """The tokens of one frame, in order, and which modalities each modality may read.
+
+    groups: ((name, count), ...); reads: {name: (names it attends to)}.
+    """
+
+    groups: tuple[tuple[str, int], ...]
+    reads: dict[str, tuple[str, ...]]
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.groups)
+
+    def slice(self, name: str) -> slice:
+        start = 0
+        for group, count in self.groups:
+            if group == name:
+                return slice(start, start + count)
+            start += count
+        raise KeyError(name)
+
+    def modality_ids(self) -> torch.Tensor:
+        return torch.cat([torch.full((n,), i) for i, (_, n) in enumerate(self.groups)])
+
+    def mask(self) -> torch.Tensor | None:
+        """(S, S) bool, True where query token i may read key token j; None if all True."""
+        names = [name for name, _ in self.groups]
+        allowed = torch.tensor(
+            [[key in self.reads[query] for key in names] for query in names], dtype=torch.bool
+        )
+        ids = self.modality_ids()
+        mask = allowed[ids[:, None], ids[None, :]]
+        return None if mask.all() else mask
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, ratio: float = 4.0):
+        super().__init__()
+        hidden = int(dim * ratio * 2 / 3)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: space or time attention, then a SwiGLU MLP."""
+
+    def __init__(self, dim: int, heads: int, kv_heads: int, mlp_ratio: float, time: bool):
+        super().__init__()
+        self.time = time
+        self.norm1, self.norm2 = nn.RMSNorm(dim), nn.RMSNorm(dim)
+        self.attn = Attention(dim, heads, kv_heads)
+        self.mlp = SwiGLU(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, **attn_kwargs) -> tuple[torch.Tensor, tuple]:
+        b, t, s, d = x.shape
+        h = self.norm1(x)
+        if self.time:  # sequences of frames, one per token position
+            h = h.transpose(1, 2).reshape(b * s, t, d)
+            y, kv = self.attn(h, **attn_kwargs)
+            y = y.view(b, s, t, d).transpose(1, 2)
+        else:  # sequences of tokens, one per frame
+            y, kv = self.attn(h.reshape(b * t, s, d), **attn_kwargs)
+            y = y.view(b, t, s, d)
+        x = x + y
+        return x + self.mlp(self.norm2(x)), kv
+
+
+class AxialTransformer(nn.Module):
+    def __init__(
+        self,
+        layout: TokenLayout,
+        dim: int,
+        depth: int,
+        heads: int,
+        kv_heads: int | None = None,
+        time_every: int = 4,
+        window: int = 16,
+        mlp_ratio: float = 4.0,
+    ):
+        super().__init__()
+        self.layout, self.window = layout, window
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, kv_heads or heads, mlp_ratio, time=(i + 1) % time_every == 0)
+            for i in range(depth)
+        )
+        self.norm = nn.RMSNorm(dim)
+        self.register_buffer("space_mask", layout.mask(), persistent=False)
+        self.head_dim = dim // heads
+        self.checkpointing = False
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, update_cache: bool = True
+    ) -> torch.Tensor:
+        """x (B, T, S, D) -> (B, T, S, D). With a cache, x holds the frames after the cached
+        ones; `update_cache=False` reads the cache without adding these frames to it."""
+        t = x.shape[1]
+        time_kwargs = self._time_attention(t, cache)
+        for i, block in enumerate(self.blocks):
+            if block.time:
+                kwargs = dict(time_kwargs, past=cache.get(i) if cache else None)
+            else:
+                kwargs = {"mask": self.space_mask}
+            if self.checkpointing and self.training:
+                x, kv = checkpoint(block, x, use_reentrant=False, **kwargs)
+            else:
+                x, kv = block(x, **kwargs)
+            if block.time and cache is not None and update_cache:
+                cache.put(i, kv)
+        if cache is not None and update_cache:
+            cache.frames += t
+        return self.norm(x)
+
+    def _time_attention(self, t: int, cache: KVCache | None) -> dict:
+        """RoPE angles and the causal, windowed mask for `t` new frames after the cache."""
+        start, past = (cache.frames, cache.length) if cache else (0, 0)
+        device = self.norm.weight.device
+        key_pos = torch.arange(start - past, start + t, device=device)
+        angles = rope_angles(key_pos, self.head_dim)
+        kwargs = {"angles": (angles[past:], angles)}
+        if past == 0 and t <= self.window:
+            return kwargs | {"is_causal": True}
+        if t == 1:  # the cache never holds more than window - 1 frames
+            return kwargs
+        query_pos = key_pos[past:, None]
+        age = query_pos - key_pos[None, :]
+        return kwargs | {"mask": (age >= 0) & (age < self.window)}

@@ -1,0 +1,85 @@
+"""Phase 1a: train the causal tokenizer on windows of dataset frames."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nanodreamer.data import EpisodeStore, WindowDataset, window_loader
+from nanodreamer.errors import UserError
+from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
+from nanodreamer.tokenizer import Tokenizer, TokenizerConfig, frames_from_uint8
+from nanodreamer.train.checkpoint import load_weights, read_run
+from nanodreamer.train.distributed import Distributed
+from nanodreamer.train.trainer import TrainConfig
+
+# Training defaults per preset (tuned for throughput: quality in a time budget follows steps).
+TRAIN_PRESETS = {
+    "tiny": TrainConfig(steps=3000, batch_size=16, seq_len=4, lr=2e-3, warmup=100),
+    "small": TrainConfig(steps=20000, batch_size=16, seq_len=8, lr=1e-3, warmup=300),
+    "base": TrainConfig(steps=100000, batch_size=16, seq_len=8, lr=5e-4, warmup=1000),
+}
+
+
+class TokenizerObjective(nn.Module):
+    def __init__(self, tokenizer: Tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        # uint8 frames travel to the device and are normalised there
+        return self.tokenizer.loss(frames_from_uint8(batch["obs"]), batch["valid"])
+
+
+class TokenizerPhase:
+    name = "tokenizer"
+
+    def __init__(self, data: str | Path, config: TokenizerConfig, train: TrainConfig):
+        self.data, self.config, self.train = Path(data), config, train
+        check_dataset_matches(self.data, config)
+        torch.manual_seed(train.seed)  # the same initial weights on every rank and every run
+        self.model = Tokenizer(config)
+        self.objective = TokenizerObjective(self.model)
+        self._val = None
+
+    def batches(self, start_step: int, env: Distributed):
+        dataset = WindowDataset(self.data, self.train.seq_len, split="train", seed=self.train.seed)
+        loader = window_loader(
+            dataset,
+            self.train.batch_size,
+            start_step=start_step,
+            rank=env.rank,
+            world=env.world,
+            workers=self.train.workers,
+        )
+        for batch in loader:
+            yield {"obs": batch["obs"], "valid": batch["valid"]}
+
+    def evaluate(self, model: Tokenizer, run: Path, step: int) -> dict[str, float]:
+        if self._val is None:
+            self._val = validation_windows(self.data, self.train.seq_len)
+        return evaluate_tokenizer(model, self._val, gif=run / "reconstruction.gif")
+
+    def run_info(self) -> dict:
+        return {"model_config": asdict(self.config), "data": str(self.data)}
+
+
+def check_dataset_matches(data: Path, config: TokenizerConfig) -> None:
+    shape = EpisodeStore(data).manifest["obs_shape"]
+    expected = [config.image_size, config.image_size, config.channels]
+    if shape != expected:
+        raise UserError(
+            f"{data} holds {'x'.join(map(str, shape))} frames but the tokenizer expects "
+            f"{'x'.join(map(str, expected))}: collect at that resolution or change image_size"
+        )
+
+
+def load_tokenizer(run: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
+    """The trained tokenizer of a run folder, in eval mode."""
+    info = read_run(run, "tokenizer")
+    model = Tokenizer(TokenizerConfig(**info["model_config"]))
+    load_weights(run, model)
+    return model.to(device).eval()

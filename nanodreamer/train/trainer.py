@@ -1,0 +1,275 @@
+"""The training loop shared by every phase.
+
+A phase gives the trainer an `objective` module whose forward(batch) returns (loss, metrics),
+the `model` inside it to save, a stream of batches, and an evaluation. The trainer owns the
+rest: AdamW with warm-up and cosine decay, clipping, bf16 autocast on CUDA, torch.compile,
+activation checkpointing, EMA weights, DDP, checkpoints, logs, and the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nanodreamer.errors import UserError
+from nanodreamer.nn.transformer import AxialTransformer
+from nanodreamer.train import checkpoint as ckpt
+from nanodreamer.train.distributed import Distributed, mean_over_ranks
+from nanodreamer.train.logger import MetricsLogger
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    seq_len: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    minutes: float | None = None  # time budget: stop then; the schedule follows time
+    eval_every: int = 250
+    save_every: int = 250
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 2
+    compile: bool = False
+    checkpointing: bool = False
+    ema: float = 0.0  # EMA decay of the weights used for evaluation and export; 0 = off
+    tensorboard: bool = True
+    wandb: bool = False
+
+
+class Phase(Protocol):
+    name: str
+    model: nn.Module  # what is saved and exported
+    objective: nn.Module  # forward(batch) -> (loss, metrics); contains `model`
+
+    def batches(self, start_step: int, env: Distributed) -> Iterator[dict]: ...
+
+    def evaluate(self, model: nn.Module, run: Path, step: int) -> dict[str, float]: ...
+
+    def run_info(self) -> dict: ...
+
+
+def learning_rate(cfg: TrainConfig, progress: float, step: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from lr to lr * min_lr_ratio."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup, 1))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def _rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, run: str | Path, phase: Phase, cfg: TrainConfig, env: Distributed):
+        self.run, self.phase, self.cfg, self.env = Path(run), phase, cfg, env
+        self.model = phase.model
+        self.objective = phase.objective.to(env.device)
+        for module in self.objective.modules():
+            if isinstance(module, AxialTransformer):
+                module.checkpointing = cfg.checkpointing
+        params = [p for p in self.objective.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+            fused=env.device.type == "cuda",
+        )
+        self.ema = None
+        if cfg.ema:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
+            )
+        self.step, self.elapsed = 0, 0.0
+        self.train_step = self.objective
+        if env.world > 1:
+            self.train_step = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[env.device.index] if env.device.type == "cuda" else None
+            )
+        if cfg.compile:
+            self.train_step = torch.compile(self.train_step)
+        self.autocast = torch.autocast(
+            env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda"
+        )
+
+    # state --------------------------------------------------------------------------------------
+    def info(self) -> dict:
+        return {"phase": self.phase.name, **self.phase.run_info(), "train": asdict(self.cfg)}
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "schedule": {"step": self.step, "elapsed": self.elapsed},
+            "rng": _rng_state(),
+            "info": self.info(),
+        }
+
+    def resume(self) -> None:
+        saved = ckpt.read_run(self.run, self.phase.name)
+        mine = self.phase.run_info()
+        for key in mine:
+            if key.endswith("config") and saved.get(key) != mine[key]:
+                raise UserError(
+                    f"{self.run} was trained with a different {key} ({saved.get(key)}): "
+                    "resume with the same preset and options"
+                )
+        state = ckpt.load_checkpoint(self.run)
+        ckpt.load_state(self.objective, state["objective"], self.run / ckpt.CHECKPOINT)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.elapsed = state["schedule"]["step"], state["schedule"]["elapsed"]
+        _set_rng_state(state["rng"])
+
+    def save(self) -> None:
+        if not self.env.main:
+            return
+        ckpt.save_checkpoint(self.run, self.state())
+        ckpt.export_weights(self.run, self.eval_model, self.info())
+        ckpt.write_run(self.run, self.info())
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    # loop ---------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        by_steps = self.step / self.cfg.steps
+        if self.cfg.minutes:
+            return max(by_steps, self.elapsed / (60 * self.cfg.minutes))
+        return by_steps
+
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        cfg, env = self.cfg, self.env
+        self.run.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        elif (self.run / ckpt.CHECKPOINT).exists():
+            raise UserError(f"{self.run} already holds a run: pass --resume or pick a new --out")
+        else:
+            seed_everything(cfg.seed + env.rank)
+        logger = (
+            MetricsLogger(self.run, self.info(), cfg.tensorboard, cfg.wandb) if env.main else None
+        )
+        if env.main:
+            ckpt.write_run(self.run, self.info())
+        batches = self.phase.batches(self.step, env)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            desc=f"train {self.phase.name}",
+            disable=not env.main,
+        )
+        last_eval: dict[str, float] = {}
+        window_start, window_items, window_metrics = time.perf_counter(), 0, []
+        self.objective.train()
+        try:
+            while self.step < cfg.steps and self.progress() < 1.0:
+                tick = time.perf_counter()
+                batch = {k: v.to(env.device, non_blocking=True) for k, v in next(batches).items()}
+                lr = learning_rate(cfg, self.progress(), self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                with self.autocast:
+                    loss, metrics = self.train_step(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                self.step += 1
+                self.elapsed += time.perf_counter() - tick
+                window_items += batch[next(iter(batch))].shape[0] * cfg.seq_len
+                window_metrics.append({"loss": loss.detach(), "grad_norm": grad_norm, **metrics})
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    row = self._summarise(window_metrics, window_items, window_start, lr)
+                    window_start, window_items, window_metrics = time.perf_counter(), 0, []
+                    if logger:
+                        logger.log(self.step, row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", fps=f"{row['frames_per_s']:.0f}")
+                bar.update(1)
+                finished = self.step >= cfg.steps or self.progress() >= 1.0
+                if self.step % cfg.eval_every == 0 or finished:
+                    last_eval = self._evaluate(logger)
+                if self.step % cfg.save_every == 0 or finished:
+                    self.save()
+        finally:
+            bar.close()
+            if logger:
+                logger.close()
+        return last_eval
+
+    def _summarise(self, rows: list[dict], items: int, start: float, lr: float) -> dict[str, float]:
+        keys = rows[0].keys()
+        means = {k: torch.stack([r[k].float() for r in rows]).mean().item() for k in keys}
+        means = mean_over_ranks(means, self.env)
+        seconds = time.perf_counter() - start
+        means.update(
+            lr=lr,
+            frames_per_s=items * self.env.world / seconds,
+            step_time_s=seconds / len(rows),
+            elapsed_min=self.elapsed / 60,
+        )
+        return means
+
+    def _evaluate(self, logger: MetricsLogger | None) -> dict[str, float]:
+        results = {}
+        if self.env.main:
+            model = self.eval_model
+            was_training = model.training
+            model.eval()
+            with torch.no_grad(), self.autocast:
+                results = self.phase.evaluate(model, self.run, self.step)
+            model.train(was_training)
+            if logger:
+                logger.log(
+                    self.step,
+                    {f"val/{k}": v for k, v in results.items()}
+                    | {"elapsed_min": self.elapsed / 60},
+                )
+        self.env.barrier()
+        return results

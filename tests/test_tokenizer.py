@@ -1,0 +1,160 @@
+import pytest
+import torch
+
+from nanodreamer.errors import UserError
+from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig
+
+TINY = TokenizerConfig(
+    image_size=16,
+    patch=4,
+    n_latents=4,
+    latent_dim=3,
+    dim=32,
+    heads=2,
+    enc_depth=2,
+    dec_depth=2,
+    time_every=2,
+    window=3,
+)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return Tokenizer(TINY).eval()
+
+
+def test_causal_in_time(model):
+    frames = torch.rand(2, 5, 3, 16, 16)
+    changed = frames.clone()
+    changed[:, 3:] = torch.rand_like(changed[:, 3:])
+    z, z2 = model.encode(frames), model.encode(changed)
+    assert torch.equal(z[:, :3], z2[:, :3]) and not torch.allclose(z[:, 3:], z2[:, 3:])
+    x, x2 = model.decode(z), model.decode(z2)
+    assert torch.equal(x[:, :3], x2[:, :3])
+
+
+def test_encoder_patches_never_read_latents(model):
+    """Perturbing the latent tokens' inputs leaves every patch activation unchanged."""
+    seen = {}
+    model.encoder.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
+    frames = torch.rand(1, 2, 3, 16, 16)
+    model.encode(frames)
+    before = seen["out"][:, :, : TINY.n_patches].clone()
+    with torch.no_grad():
+        model.latent_tokens.add_(torch.randn_like(model.latent_tokens))
+    model.encode(frames)
+    assert torch.equal(before, seen["out"][:, :, : TINY.n_patches])
+    assert not torch.allclose(model.encode(frames), model.encode(frames) * 0)
+
+
+def test_decoder_latents_never_read_queries(model):
+    seen = {}
+    model.decoder.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
+    z = torch.rand(1, 2, 4, 3) * 2 - 1
+    model.decode(z)
+    before = seen["out"][:, :, : TINY.n_latents].clone()
+    with torch.no_grad():
+        model.queries.add_(torch.randn_like(model.queries))
+    model.decode(z)
+    assert torch.equal(before, seen["out"][:, :, : TINY.n_latents])
+
+
+def test_streaming_equals_whole_sequence(model):
+    """Longer than the window, so the cache must drop old frames exactly like the mask."""
+    frames = torch.rand(2, 8, 3, 16, 16)
+    whole = model.encode(frames)
+    cache = model.new_cache()
+    streamed = torch.cat([model.encode(frames[:, t : t + 1], cache) for t in range(8)], 1)
+    torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=1e-5)
+    cache = model.new_cache()
+    chunks = torch.cat([model.encode(frames[:, :3], cache), model.encode(frames[:, 3:], cache)], 1)
+    torch.testing.assert_close(chunks, whole, atol=1e-5, rtol=1e-5)
+    recon = model.decode(whole)
+    cache = model.new_cache()
+    streamed = torch.cat([model.decode(whole[:, t : t + 1], cache) for t in range(8)], 1)
+    torch.testing.assert_close(streamed, recon, atol=1e-5, rtol=1e-5)
+
+
+def test_window_bounds_look_back(model):
+    """A frame more than `window - 1` frames back has no influence."""
+    frames = torch.rand(1, 6, 3, 16, 16)
+    changed = frames.clone()
+    changed[:, 0] = torch.rand_like(changed[:, 0])
+    z, z2 = model.encode(frames), model.encode(changed)
+    assert not torch.allclose(z[:, 2], z2[:, 2]) and torch.equal(z[:, 3:], z2[:, 3:])
+
+
+def test_latents_bounded_and_frames_in_range(model):
+    z = model.encode(torch.rand(1, 2, 3, 16, 16))
+    assert z.shape == (1, 2, 4, 3) and z.abs().max() < 1
+    x = model.decode(z * 5)
+    assert x.shape == (1, 2, 3, 16, 16) and x.min() >= 0 and x.max() <= 1
+
+
+@pytest.mark.parametrize(
+    "frames, message",
+    [
+        (torch.rand(1, 2, 3, 16, 8), r"shape \(B, T, 3, 16, 16\)"),
+        (torch.rand(2, 3, 16, 16), r"shape \(B, T, 3, 16, 16\)"),
+        ((torch.rand(1, 2, 3, 16, 16) * 255).byte(), "float in"),
+        (torch.rand(1, 2, 3, 16, 16) * 255, r"lie in \[0, 1\]"),
+    ],
+)
+def test_bad_frames(model, frames, message):
+    with pytest.raises(UserError, match=message):
+        model.encode(frames)
+
+
+def test_learns_on_tiny_data():
+    torch.manual_seed(0)
+    model = Tokenizer(TINY)
+    images = torch.rand(4, 3, 4, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    frames = images[torch.tensor([[0, 1, 2], [3, 2, 1], [1, 1, 0], [2, 3, 3]])]  # (4,3,3,16,16)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.eval()
+    before = -10 * torch.log10(((model.decode(model.encode(frames)) - frames) ** 2).mean())
+    model.train()
+    losses = []
+    for _ in range(150):
+        loss, metrics = model.loss(frames)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(metrics["mse"].item())
+    model.eval()
+    after = -10 * torch.log10(((model.decode(model.encode(frames)) - frames) ** 2).mean())
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+    assert after > before + 3, (before, after)
+
+
+def test_perceptual_term_with_stand_in_network(tmp_path):
+    from nanodreamer.tokenizer import load_perceptual
+
+    class StandIn(torch.nn.Module):  # any network with the LPIPS call signature
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, a, b):
+            return (self.conv(a) - self.conv(b)).pow(2).mean((1, 2, 3))
+
+    path = tmp_path / "perceptual.pt2"
+    batch = torch.export.Dim("batch", min=1)
+    images = (torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
+    exported = torch.export.export(StandIn(), images, dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(exported, str(path))
+    model = Tokenizer(TINY)
+    model.use_perceptual(load_perceptual(str(path)))
+    loss, metrics = model.loss(torch.rand(2, 2, 3, 16, 16))
+    assert metrics["lpips"] > 0
+    loss.backward()
+    assert all(p.grad is None for p in model.perceptual.parameters())
+    assert model.to_pixels.weight.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="cannot load perceptual"):
+        load_perceptual(str(tmp_path / "missing.pt"))
+
+
+def test_presets_build():
+    assert TOKENIZER_PRESETS["base"].n_patches == 144
+    assert TOKENIZER_PRESETS["base"].n_latents == 64 and TOKENIZER_PRESETS["base"].dim == 256
