@@ -114,10 +114,24 @@ class AxialTransformer(nn.Module):
         self.checkpointing = False
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, update_cache: bool = True
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        update_cache: bool = True,
+        independent: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, S, D) -> (B, T, S, D). With a cache, x holds the frames after the cached
-        ones; `update_cache=False` reads the cache without adding these frames to it."""
+        ones; `update_cache=False` reads the cache without adding these frames to it.
+        `independent` (B,) bool marks sequences whose frames are separate images (no time
+        attention across them)."""
+        if independent is not None and independent.any():
+            b, t, s, d = x.shape
+            out = torch.empty_like(x)
+            alone = x[independent]
+            out[independent] = self(alone.reshape(-1, 1, s, d)).view(alone.shape)
+            if (~independent).any():
+                out[~independent] = self(x[~independent])
+            return out
         t = x.shape[1]
         time_kwargs = self._time_attention(t, cache)
         for i, block in enumerate(self.blocks):
