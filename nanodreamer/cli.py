@@ -142,6 +142,88 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_train_dynamics(args: argparse.Namespace) -> None:
+    from nanodreamer.data.latents import encode_dataset
+    from nanodreamer.dynamics import DYNAMICS_PRESETS
+    from nanodreamer.train.dynamics import TRAIN_PRESETS, DynamicsPhase, dynamics_config_for
+
+    cfg = train_config(args, TRAIN_PRESETS[args.preset])
+    if args.long_seq_len:
+        cfg = replace(cfg, long_seq_len=args.long_seq_len)
+    env = distributed.setup(args.device)
+    try:
+        if env.main:  # encode once, before the other ranks read the cache
+            latents = encode_dataset(args.data, args.tokenizer, env.device)
+        env.barrier()
+        if not env.main:
+            latents = encode_dataset(args.data, args.tokenizer, env.device)
+        config = replace(
+            dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset]), window=cfg.seq_len
+        )
+        phase = DynamicsPhase(args.data, args.tokenizer, config, cfg)
+        results = Trainer(args.out, phase, cfg, env).fit(resume=args.resume)
+        if env.main:
+            print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+    finally:
+        distributed.teardown()
+
+
+def cmd_eval_dynamics(args: argparse.Namespace) -> None:
+    from nanodreamer.eval.dynamics import evaluate_dynamics
+    from nanodreamer.train.dynamics import load_world_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    world = load_world_model(args.run, device, steps=args.steps)
+    gif = Path(args.gif) if args.gif else Path(args.run) / "imagination.gif"
+    results = evaluate_dynamics(
+        world, args.data, context=args.context, windows=args.windows, gif=gif
+    ) | {"gif": str(gif)}
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(f"rollout PSNR after {results['context']} context frames ({results['windows']} windows)")
+    print("horizon   model  copy-last  tokenizer  shuffled-actions")
+    for h in (1, 4, 8, 16):
+        row = [results.get(f"{kind}psnr_h{h}", float("nan")) for kind in KINDS]
+        print(f"h{h:<8}{row[0]:6.2f}  {row[1]:9.2f}  {row[2]:9.2f}  {row[3]:16.2f}")
+    print(
+        f"generation {results['fps']:.1f} frames/s with cache, "
+        f"{results.get('fps_no_cache', float('nan')):.1f} without; imagination: {gif}"
+    )
+
+
+KINDS = ("", "baseline_", "ceiling_", "shuffled_")
+
+
+def cmd_imagine(args: argparse.Namespace) -> None:
+    from nanodreamer.eval.dynamics import rollout_windows
+    from nanodreamer.eval.pictures import save_video, side_by_side
+    from nanodreamer.tokenizer import frames_from_uint8
+    from nanodreamer.train.dynamics import load_world_model
+
+    if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
+        raise UserError(f"--out must end in .gif or .mp4, got {args.out}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    generator = torch.Generator(device).manual_seed(args.seed)
+    world = load_world_model(args.run, device, steps=args.steps, generator=generator)
+    context = args.context or min(8, world.window - 1)
+    batch = rollout_windows(args.data, context + args.frames, args.samples)
+    frames = frames_from_uint8(batch["obs"].to(device))
+    actions = batch["action"].to(device)
+    if args.actions == "random":
+        actions[:, context:].uniform_(-1, 1, generator=generator)
+    world.reset(
+        frames[:, :context], actions[:, :context], ~batch["is_first"][:, :context].to(device)
+    )
+    imagined = torch.stack([world.step(actions[:, t]) for t in range(context, frames.shape[1])], 1)
+    fake = torch.cat([frames[:, :context], imagined], 1)
+    path = save_video(args.out, side_by_side(frames, fake), fps=args.fps)
+    print(
+        f"{path}: {frames.shape[0]} rollouts, {context} real context frames then "
+        f"{args.frames} imagined ({args.actions} actions); left: real, right: imagined"
+    )
+
+
 def add_train_flags(p: argparse.ArgumentParser, presets) -> None:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", required=True, help="run folder")
@@ -212,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips", help="perceptual loss: 'lpips' (package) or an exported .pt2 file")
     p.set_defaults(func=cmd_train_tokenizer)
 
+    from nanodreamer.dynamics import DYNAMICS_PRESETS
+
+    p = train.add_parser("dynamics", help="phase 1b: the interactive dynamics model")
+    add_train_flags(p, DYNAMICS_PRESETS)
+    p.add_argument("--tokenizer", required=True, help="tokenizer run folder")
+    p.add_argument("--long-seq-len", type=int, help="every 8th step trains on windows this long")
+    p.set_defaults(func=cmd_train_dynamics)
+
     evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(
         dest="eval_command", required=True
     )
@@ -223,6 +313,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_tokenizer)
+
+    p = evaluate.add_parser("dynamics", help="open-loop rollout PSNR, baselines, frames/s")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--context", type=int, help="real context frames (default min(8, window-1))")
+    p.add_argument("--windows", type=int, default=16)
+    p.add_argument("--steps", type=int, default=4, help="sampling steps K per frame")
+    p.add_argument("--gif", help="where to write the imagination GIF")
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_dynamics)
+
+    p = sub.add_parser("imagine", help="real context, then imagined frames beside the truth")
+    p.add_argument("--run", required=True, help="dynamics run folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="FILE.gif or FILE.mp4")
+    p.add_argument("--frames", type=int, default=32, help="imagined frames")
+    p.add_argument("--steps", type=int, default=4, help="sampling steps K per frame")
+    p.add_argument("--actions", choices=["recorded", "random"], default="recorded")
+    p.add_argument("--context", type=int)
+    p.add_argument("--samples", type=int, default=4, help="rollouts, one row each")
+    p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_imagine)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
     p.add_argument("--out", default="runs/demo")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanodreamer.data.store import KEYS, EpisodeStore
+from nanodreamer.data.store import EpisodeStore
 from nanodreamer.errors import UserError
 
 
@@ -55,20 +55,22 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        path: str | Path,
+        source: str | Path | EpisodeStore,
         seq_len: int,
         *,
         split: str = "train",
         val_fraction: float = 0.1,
         seed: int = 0,
-        keys: tuple[str, ...] = KEYS,
+        keys: tuple[str, ...] | None = None,  # default: all of the store's keys
         cache_bytes: int = 1 << 30,
     ):
-        self.store = EpisodeStore(path)
-        self.seq_len, self.seed, self.keys, self.cache_bytes = seq_len, seed, keys, cache_bytes
+        # an EpisodeStore, or anything with its reading interface (a LatentStore)
+        self.store = EpisodeStore(source) if isinstance(source, str | Path) else source
+        self.seq_len, self.seed, self.cache_bytes = seq_len, seed, cache_bytes
+        self.keys = keys or self.store.keys
         self.episode_ids = split_episodes(self.store, split, val_fraction)
         if not self.episode_ids:
-            raise UserError(f"{path} has no episodes in the {split!r} split: collect more")
+            raise UserError(f"{source} has no episodes in the {split!r} split: collect more")
         lengths = self.store.lengths[self.episode_ids]
         self.starts_per_episode = np.maximum(lengths - seq_len + 1, 1)
         self.cumulative = np.cumsum(self.starts_per_episode)
@@ -95,7 +97,7 @@ class WindowDataset(torch.utils.data.Dataset):
         valid = np.arange(self.seq_len) < length
         if length < self.seq_len:
             window = {k: _pad(v, self.seq_len) for k, v in window.items()}
-        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in window.items()}
+        out = {k: torch.from_numpy(np.array(v)) for k, v in window.items()}  # copies memmaps
         out["valid"] = torch.from_numpy(valid)
         out["episode"] = torch.tensor(episode_id)
         out["start"] = torch.tensor(start)

@@ -46,6 +46,8 @@ class EpisodeStore:
     `EpisodeStore.create(path, env=..., obs_shape=..., action_dim=...)`.
     """
 
+    keys = KEYS
+
     def __init__(self, path: str | Path, *, _writable: bool = False):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST

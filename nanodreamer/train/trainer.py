@@ -8,6 +8,7 @@ activation checkpointing, EMA weights, DDP, checkpoints, logs, and the progress 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -33,6 +34,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 8
     seq_len: int = 8
+    long_seq_len: int = 0  # > 0: every long_every-th step trains on windows this long
+    long_every: int = 8
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     warmup: int = 100
@@ -49,6 +52,37 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights used for evaluation and export; 0 = off
     tensorboard: bool = True
     wandb: bool = False
+
+
+def window_batches(source, cfg: TrainConfig, start_step: int, env: Distributed) -> Iterator[dict]:
+    """Training windows from an episode or latent store, for this rank.
+
+    With `long_seq_len`, every `long_every`-th step draws longer windows (fewer of them, the
+    same number of frames), so the model also learns to run past its context window."""
+    from nanodreamer.data import WindowDataset, window_loader
+
+    def stream(seq_len: int, batch_size: int, step: int, seed: int):
+        data = WindowDataset(source, seq_len, split="train", seed=seed)
+        return iter(
+            window_loader(
+                data,
+                batch_size,
+                start_step=step,
+                rank=env.rank,
+                world=env.world,
+                workers=cfg.workers,
+            )
+        )
+
+    if not cfg.long_seq_len:
+        yield from stream(cfg.seq_len, cfg.batch_size, start_step, cfg.seed)
+        return
+    long_steps = lambda step: step // cfg.long_every  # noqa: E731 - long steps before `step`
+    short = stream(cfg.seq_len, cfg.batch_size, start_step - long_steps(start_step), cfg.seed)
+    long_batch = max(1, cfg.batch_size * cfg.seq_len // cfg.long_seq_len)
+    long = stream(cfg.long_seq_len, long_batch, long_steps(start_step), cfg.seed + 1)
+    for step in itertools.count(start_step):
+        yield next(long if step % cfg.long_every == cfg.long_every - 1 else short)
 
 
 class Phase(Protocol):

@@ -1,0 +1,179 @@
+"""Tokenizer -> latent cache -> dynamics -> evaluation and imagination, through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_store
+
+from nanodreamer.cli import main
+from nanodreamer.data.latents import LatentStore, encode_dataset
+from nanodreamer.errors import UserError
+from nanodreamer.train.dynamics import load_world_model
+from nanodreamer.train.tokenizer import load_tokenizer
+
+FAST = ["--workers", "0", "--no-tensorboard", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    data = make_store(root / "data", [40, 36, 50, 44], size=16).path
+    main(
+        [
+            "train",
+            "tokenizer",
+            "--data",
+            str(data),
+            "--out",
+            str(root / "tok"),
+            "--steps",
+            "3",
+            "--seq-len",
+            "4",
+            *FAST,
+        ]
+    )
+    main(
+        [
+            "train",
+            "dynamics",
+            "--data",
+            str(data),
+            "--tokenizer",
+            str(root / "tok"),
+            "--out",
+            str(root / "dyn"),
+            "--steps",
+            "3",
+            "--seq-len",
+            "8",
+            "--long-seq-len",
+            "12",
+            *FAST,
+        ]
+    )
+    return root, data
+
+
+def test_latent_cache_matches_tokenizer_and_is_reused(runs):
+    root, data = runs
+    folders = list((data / "latents").iterdir())
+    assert len(folders) == 1
+    store = LatentStore(folders[0])
+    assert len(store) == 4 and store.lengths.tolist() == [40, 36, 50, 44]
+    tokenizer = load_tokenizer(root / "tok")
+    obs = torch.from_numpy(store.data[1]["obs"]).movedim(-1, -3).float()[None] / 255
+    expected = tokenizer.encode(obs)[0].half().numpy()
+    np.testing.assert_allclose(store.load(1)["latents"], expected, atol=2e-3)
+    mtime = (folders[0] / "ep_000000.npy").stat().st_mtime_ns
+    encode_dataset(data, root / "tok")
+    assert (folders[0] / "ep_000000.npy").stat().st_mtime_ns == mtime
+
+
+def test_eval_dynamics_json(runs, capsys):
+    root, data = runs
+    capsys.readouterr()
+    main(
+        [
+            "eval",
+            "dynamics",
+            "--run",
+            str(root / "dyn"),
+            "--data",
+            str(data),
+            "--json",
+            "--windows",
+            "2",
+            "--context",
+            "4",
+        ]
+    )
+    results = json.loads(capsys.readouterr().out)
+    for key in (
+        "psnr_h1",
+        "psnr_h8",
+        "baseline_psnr_h8",
+        "ceiling_psnr_h8",
+        "shuffled_psnr_h8",
+        "fps",
+        "fps_no_cache",
+    ):
+        assert np.isfinite(results[key]), key
+    assert results["fps"] > 0
+
+
+@pytest.mark.parametrize("suffix, actions", [(".gif", "recorded"), (".mp4", "random")])
+def test_imagine_writes_video(runs, suffix, actions, capsys):
+    import imageio.v3 as iio
+
+    root, data = runs
+    out = root / f"imagined{suffix}"
+    main(
+        [
+            "imagine",
+            "--run",
+            str(root / "dyn"),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--frames",
+            "5",
+            "--actions",
+            actions,
+            "--context",
+            "3",
+            "--samples",
+            "2",
+        ]
+    )
+    video = iio.imread(out)
+    assert video.shape[0] == 8 and video.shape[-1] == 3
+
+
+def test_changed_tokenizer_is_refused(runs, tmp_path):
+    import shutil
+
+    root, data = runs
+    shutil.copytree(root / "tok", tmp_path / "tok")
+    shutil.copytree(root / "dyn", tmp_path / "dyn")
+    info = json.loads((tmp_path / "dyn" / "run.json").read_text())
+    info["tokenizer"] = str(tmp_path / "tok")
+    (tmp_path / "dyn" / "run.json").write_text(json.dumps(info))
+    load_world_model(tmp_path / "dyn")
+    main(
+        [
+            "train",
+            "tokenizer",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "tok"),
+            "--steps",
+            "4",
+            "--seq-len",
+            "4",
+            "--resume",
+            *FAST,
+        ]
+    )
+    with pytest.raises(UserError, match="changed after"):
+        load_world_model(tmp_path / "dyn")
+    assert len(list((data / "latents").iterdir())) == 1  # a new cache only when asked for
+
+
+def test_wrong_phase_and_bad_action_dims(runs, tmp_path):
+    root, data = runs
+    with pytest.raises(UserError, match="tokenizer run, but a dynamics run"):
+        load_world_model(root / "tok")
+    other = make_store(tmp_path / "three", [30, 30], size=16, action_dim=3).path
+    with pytest.raises(UserError, match="3-D actions, the dynamics model 2-D"):
+        from nanodreamer.dynamics import DYNAMICS_PRESETS
+        from nanodreamer.train.dynamics import DynamicsPhase
+        from nanodreamer.train.trainer import TrainConfig
+
+        config = load_world_model(root / "dyn").dynamics.config
+        DynamicsPhase(other, root / "tok", config, TrainConfig())
+    assert DYNAMICS_PRESETS["base"].dim == 512 and DYNAMICS_PRESETS["base"].depth == 16
