@@ -25,8 +25,19 @@ def cmd_collect(args: argparse.Namespace) -> None:
         options["resolution"] = args.resolution
     if args.max_episode_steps is not None:
         options["max_episode_steps"] = args.max_episode_steps
+    policy = None
+    if args.policy:
+        from nanodreamer.eval.agent import AgentPolicy
+
+        policy = AgentPolicy(args.policy, num_envs=min(args.workers, args.episodes))
     store = collect(
-        args.env, args.out, args.episodes, workers=args.workers, seed=args.seed, env_options=options
+        args.env,
+        args.out,
+        args.episodes,
+        workers=args.workers,
+        seed=args.seed,
+        env_options=options,
+        policy=policy,
     )
     info = summarize(store)
     print(f"{args.out}: {info['episodes']} episodes, {info['frames']} frames")
@@ -109,6 +120,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     config = replace(
         TOKENIZER_PRESETS[args.preset], window=cfg.seq_len, image_size=height, channels=channels
     )
+    if args.patch:
+        config = replace(config, patch=args.patch)
     env = distributed.setup(args.device)
     try:
         phase = TokenizerPhase(args.data, config, cfg)
@@ -224,10 +237,11 @@ def cmd_imagine(args: argparse.Namespace) -> None:
     )
 
 
-def add_train_flags(p: argparse.ArgumentParser, presets) -> None:
-    p.add_argument("--data", required=True, help="dataset folder")
+def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--preset", choices=list(presets), default="tiny")
+    if presets:
+        p.add_argument("--data", required=True, help="dataset folder")
+        p.add_argument("--preset", choices=list(presets), default="tiny")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--seq-len", type=int, help="frames per training window")
@@ -243,6 +257,47 @@ def add_train_flags(p: argparse.ArgumentParser, presets) -> None:
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def cmd_train_agent(args: argparse.Namespace) -> None:
+    from nanodreamer.train.agent import AGENT_TRAIN, AgentPhase
+
+    cfg = train_config(args, AGENT_TRAIN)
+    _fit(AgentPhase(args.data, args.world_model, cfg), cfg, args)
+
+
+def cmd_train_imagination(args: argparse.Namespace) -> None:
+    from nanodreamer.train.agent import IMAGINATION_TRAIN, ImaginationPhase
+
+    cfg = train_config(args, IMAGINATION_TRAIN)
+    _fit(ImaginationPhase(args.run, cfg, horizon=args.horizon), cfg, args)
+
+
+def _fit(phase, cfg: TrainConfig, args: argparse.Namespace) -> dict:
+    env = distributed.setup(args.device)
+    try:
+        results = Trainer(args.out, phase, cfg, env).fit(resume=args.resume)
+        if env.main:
+            print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        return results
+    finally:
+        distributed.teardown()
+
+
+def cmd_eval_agent(args: argparse.Namespace) -> None:
+    from nanodreamer.eval.agent import evaluate_agent
+
+    results = evaluate_agent(
+        args.run, args.env, args.episodes, seed=args.seed, video=args.video, mode=args.mode
+    )
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(
+        f"agent return {results['return_mean']:.1f} ± {results['return_std']:.1f}, random "
+        f"{results['random_return_mean']:.1f} ± {results['random_return_std']:.1f} "
+        f"({args.episodes} episodes of {args.env})"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -270,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, help="square frame size for Gymnasium envs")
     p.add_argument("--action-repeat", type=int, default=1)
     p.add_argument("--max-episode-steps", type=int, help="truncate episodes at this length")
+    p.add_argument("--policy", help="act with this agent run instead of randomly")
     p.set_defaults(func=cmd_collect)
 
     data = sub.add_parser("data", help="inspect and check datasets").add_subparsers(
@@ -292,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("tokenizer", help="phase 1a: the causal masked-autoencoder tokenizer")
     add_train_flags(p, TOKENIZER_PRESETS)
     p.add_argument("--lpips", help="perceptual loss: 'lpips' (package) or an exported .pt2 file")
+    p.add_argument("--patch", type=int, help="patch size (default: the preset's, 8)")
     p.set_defaults(func=cmd_train_tokenizer)
 
     from nanodreamer.dynamics import DYNAMICS_PRESETS
@@ -301,6 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="tokenizer run folder")
     p.add_argument("--long-seq-len", type=int, help="every 8th step trains on windows this long")
     p.set_defaults(func=cmd_train_dynamics)
+
+    p = train.add_parser("agent", help="phase 2: behaviour cloning + reward model (MTP)")
+    add_train_flags(p)
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--world-model", required=True, help="dynamics run folder")
+    p.set_defaults(func=cmd_train_agent)
+
+    p = train.add_parser("imagination", help="phase 3: PMPO inside the frozen world model")
+    add_train_flags(p)
+    p.add_argument("--run", required=True, help="agent (phase 2) run folder")
+    p.add_argument("--horizon", type=int, default=16, help="imagined steps per rollout")
+    p.set_defaults(func=cmd_train_imagination)
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(
         dest="eval_command", required=True
@@ -324,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_dynamics)
+
+    p = evaluate.add_parser("agent", help="return in the real env beside a random policy")
+    p.add_argument("--run", required=True, help="agent or imagination run folder")
+    p.add_argument("--env", required=True)
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", action="store_true", help="take the most likely action")
+    p.add_argument("--video", help="write the first episode as .gif or .mp4")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_agent)
 
     p = sub.add_parser("imagine", help="real context, then imagined frames beside the truth")
     p.add_argument("--run", required=True, help="dynamics run folder")

@@ -50,7 +50,7 @@ TOKENIZER_PRESETS = {
         n_latents=16, latent_dim=16, dim=64, heads=4, enc_depth=2, dec_depth=2, window=4
     ),
     "small": TokenizerConfig(
-        n_latents=32, latent_dim=16, dim=128, heads=4, enc_depth=4, dec_depth=4, window=8
+        n_latents=32, latent_dim=16, dim=96, heads=4, enc_depth=2, dec_depth=2, window=4
     ),
     "base": TokenizerConfig(),
 }

@@ -27,22 +27,25 @@ class Policy(Protocol):
 
 
 class RandomPolicy:
-    """Uniform actions in [-1, 1]^A, each held for a random 1..`hold` steps.
+    """Uniform actions in [low, high] per dimension (default [-1, 1]), each held for a random
+    1..`hold` steps.
 
     Holding explores better than fresh noise every step: in car racing the car actually turns
     and accelerates instead of jittering in place.
     """
 
-    def __init__(self, num_envs: int, action_dim: int, hold: int = 8, seed=0):
+    def __init__(self, num_envs: int, action_dim: int, hold: int = 8, seed=0, low=-1.0, high=1.0):
         self.rng = np.random.default_rng(seed)
         self.hold = hold
+        self.low = np.broadcast_to(np.asarray(low, np.float32), (action_dim,))
+        self.high = np.broadcast_to(np.asarray(high, np.float32), (action_dim,))
         self.action = np.zeros((num_envs, action_dim), np.float32)
         self.left = np.zeros(num_envs, np.int64)
 
     def act(self, obs: np.ndarray, is_first: np.ndarray) -> np.ndarray:
         self.left[is_first] = 0
         renew = self.left <= 0
-        self.action[renew] = self.rng.uniform(-1, 1, self.action[renew].shape)
+        self.action[renew] = self.rng.uniform(self.low, self.high, self.action[renew].shape)
         self.left[renew] = self.rng.integers(1, self.hold + 1, int(renew.sum()))
         self.left -= 1
         return self.action.copy()
@@ -118,7 +121,8 @@ def _run(store, make_env, episodes, num_envs, seed, policy, progress) -> None:
         venv = gym.vector.SyncVectorEnv([make_env], autoreset_mode=disabled)
     action_dim = store.manifest["action_dim"]
     first = len(store)
-    policy = policy or RandomPolicy(num_envs, action_dim, seed=(seed, first))
+    low, high = envs.RANDOM_ACTION_RANGE.get(store.manifest["env"], (-1.0, 1.0))
+    policy = policy or RandomPolicy(num_envs, action_dim, seed=(seed, first), low=low, high=high)
     seeds = [episode_seed(seed, first + k) for k in range(num_envs)]
     started, written, steps, t0 = num_envs, 0, 0, time.perf_counter()
     obs, _ = venv.reset(seed=seeds)

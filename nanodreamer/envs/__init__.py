@@ -1,7 +1,8 @@
 """Environments: `make(name, **options)` returns a Gymnasium env with uint8 HxWxC frames and
 actions normalised to [-1, 1] per dimension.
 
-Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), or any Gymnasium id
+Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), "dot" (32x32: steer a
+dot to a target; the CPU-scale end-to-end test bed), or any Gymnasium id
 whose observations are images or that renders `rgb_array` frames (resized to `resolution`).
 """
 
@@ -11,10 +12,15 @@ import gymnasium as gym
 import numpy as np
 
 from nanodreamer.envs.car_racing import make_car_racing
+from nanodreamer.envs.dot import DotEnv
 from nanodreamer.envs.wrappers import ActionRepeat, ColorChannels, DiscreteAsBins, ResizeImage
 from nanodreamer.errors import UserError
 
-NAMED = {"car-racing": make_car_racing}
+NAMED = {"car-racing": make_car_racing, "dot": DotEnv}
+
+# The random policy's action range where [-1, 1] explores badly: a car that brakes half the
+# time barely moves, so random car-racing data uses throttle in [-0.3, 1] (mostly gas).
+RANDOM_ACTION_RANGE = {"car-racing": ((-1.0, -0.3), (1.0, 1.0))}
 
 
 def make(name: str, *, resolution: int | None = None, action_repeat: int = 1, **options) -> gym.Env:

@@ -19,7 +19,7 @@ from nanodreamer.train.trainer import TrainConfig
 # Training defaults per preset (tuned for throughput: quality in a time budget follows steps).
 TRAIN_PRESETS = {
     "tiny": TrainConfig(steps=3000, batch_size=16, seq_len=4, lr=2e-3, warmup=100),
-    "small": TrainConfig(steps=20000, batch_size=16, seq_len=8, lr=1e-3, warmup=300),
+    "small": TrainConfig(steps=20000, batch_size=16, seq_len=4, lr=1.5e-3, warmup=200),
     "base": TrainConfig(steps=100000, batch_size=16, seq_len=8, lr=5e-4, warmup=1000),
 }
 

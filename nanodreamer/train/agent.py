@@ -1,0 +1,294 @@
+"""Phases 2 and 3: agent finetuning (behaviour cloning + reward model, dynamics loss kept on)
+and imagination training (PMPO on rollouts imagined by the frozen world model)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nanodreamer.agent import (
+    AgentConfig,
+    AgentHeads,
+    kl_categorical,
+    lambda_returns,
+    log_prob,
+    mtp_losses,
+    pmpo_loss,
+    sample_action,
+)
+from nanodreamer.data.latents import encode_dataset
+from nanodreamer.dynamics import (
+    Dynamics,
+    DynamicsConfig,
+    context_inputs,
+    denoise,
+    shortcut_forcing_loss,
+)
+from nanodreamer.errors import UserError
+from nanodreamer.eval.pictures import save_video, side_by_side
+from nanodreamer.nn.attention import KVCache
+from nanodreamer.nn.normalize import RunningRMS
+from nanodreamer.train.checkpoint import load_weights, read_run
+from nanodreamer.train.distributed import Distributed
+from nanodreamer.train.dynamics import check_actions_match, latent_batch
+from nanodreamer.train.tokenizer import load_tokenizer
+from nanodreamer.train.trainer import TrainConfig, window_batches
+
+AGENT_TRAIN = TrainConfig(steps=2000, batch_size=8, seq_len=16, lr=3e-4, warmup=100)
+IMAGINATION_TRAIN = TrainConfig(steps=1000, batch_size=16, seq_len=8, lr=3e-4, warmup=50)
+
+
+class AgentModel(nn.Module):
+    """The dynamics transformer with agent tokens, and the agent's heads."""
+
+    def __init__(self, dynamics: DynamicsConfig, agent: AgentConfig):
+        super().__init__()
+        self.dynamics = Dynamics(dynamics)
+        self.heads = AgentHeads(agent)
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """Transformer outputs (B,T,S,D) -> agent features h_t (B,T,D)."""
+        return h[:, :, self.dynamics.layout.slice("agents")].mean(2)
+
+    @torch.no_grad()
+    def observe(self, z, action, has_action, cache: KVCache | None, task=None) -> torch.Tensor:
+        """Feed frames z (B,T,N,Dl) as context (at the context signal level) and return the
+        agent features of the last one (B,D)."""
+        inputs = context_inputs(self.dynamics, z, action, has_action, torch.randn_like(z))
+        _, h = self.dynamics(**inputs, task=task, cache=cache)
+        return self.features(h)[:, -1]
+
+
+def load_agent(run: str | Path, device="cpu") -> tuple[AgentModel, dict]:
+    info = read_run(run)
+    if info.get("phase") not in ("agent", "imagination"):
+        raise UserError(f"{run} is a {info.get('phase')} run, but an agent run is needed here")
+    model = AgentModel(DynamicsConfig(**info["model_config"]), AgentConfig(**info["agent_config"]))
+    load_weights(run, model)
+    return model.to(device).eval(), info
+
+
+# phase 2 --------------------------------------------------------------------------------------
+class AgentObjective(nn.Module):
+    def __init__(self, model: AgentModel):
+        super().__init__()
+        self.model = model
+        model.heads.value.requires_grad_(False)  # trained in phase 3
+        self.norm = RunningRMS({"dynamics": 1.0, "bc": 1.0, "reward": 1.0, "cont": 1.0})
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        inputs = latent_batch(batch)
+        dynamics = self.model.dynamics
+        dyn_loss, metrics, _ = shortcut_forcing_loss(dynamics, **inputs)
+        context = context_inputs(
+            dynamics,
+            inputs["z1"],
+            inputs["action"],
+            inputs["has_action"],
+            torch.randn_like(inputs["z1"]),
+        )
+        _, h = dynamics(**context)
+        terms = {"dynamics": dyn_loss} | mtp_losses(self.model.heads, self.model.features(h), batch)
+        return self.norm(terms), metrics | {k: v.detach() for k, v in terms.items()}
+
+
+class AgentPhase:
+    name = "agent"
+
+    def __init__(self, data, world_model: str | Path, train: TrainConfig, mtp: int = 8):
+        info = read_run(world_model, "dynamics")
+        self.train, self.world_model, self.info = train, Path(world_model), info
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.latents = encode_dataset(data, info["tokenizer"], device)
+        config = replace(DynamicsConfig(**info["model_config"]), agent_tokens=1)
+        check_actions_match(self.latents, config)
+        self.agent_config = AgentConfig(
+            dim=config.dim, action_dim=config.action_dim, action_bins=config.action_bins, mtp=mtp
+        )
+        torch.manual_seed(train.seed)
+        self.model = AgentModel(config, self.agent_config)
+        dynamics = Dynamics(DynamicsConfig(**info["model_config"]))
+        load_weights(world_model, dynamics)
+        missing, _ = self.model.dynamics.load_state_dict(dynamics.state_dict(), strict=False)
+        assert all(k.startswith(("task_embed", "agent_pos")) for k in missing), missing
+        self.objective = AgentObjective(self.model)
+
+    def batches(self, start_step: int, env: Distributed):
+        return window_batches(self.latents, self.train, start_step, env)
+
+    @torch.no_grad()
+    def evaluate(self, model: AgentModel, run: Path, step: int) -> dict[str, float]:
+        """Phase-2 losses on validation windows."""
+        from nanodreamer.data import WindowDataset
+
+        data = WindowDataset(self.latents, self.train.seq_len, split="val", seed=1)
+        batch = torch.utils.data.default_collate([data[i] for i in range(16)])
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        inputs = latent_batch(batch)
+        context = context_inputs(
+            model.dynamics,
+            inputs["z1"],
+            inputs["action"],
+            inputs["has_action"],
+            torch.randn_like(inputs["z1"]),
+        )
+        _, h = model.dynamics(**context)
+        return {k: v.item() for k, v in mtp_losses(model.heads, model.features(h), batch).items()}
+
+    def run_info(self) -> dict:
+        return {
+            "model_config": asdict(self.model.dynamics.config),
+            "agent_config": asdict(self.agent_config),
+            "data": str(self.latents.data.path),
+            "world_model": str(self.world_model.resolve()),
+            "tokenizer": self.info["tokenizer"],
+            "tokenizer_fingerprint": self.info["tokenizer_fingerprint"],
+        }
+
+
+# phase 3 --------------------------------------------------------------------------------------
+@torch.no_grad()
+def imagine_rollouts(model: AgentModel, batch: dict, horizon: int, steps: int = 4) -> dict:
+    """Start from dataset context windows and let the policy act for `horizon` steps inside the
+    frozen world model. Returns agent features (B,H+1,D), actions (B,H,A), latents (B,H,N,Dl)."""
+    dynamics = model.dynamics
+    inputs = latent_batch(batch)
+    cache = dynamics.new_cache()
+    state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)
+    b = state.shape[0]
+    yes = torch.ones(b, 1, dtype=torch.bool, device=state.device)
+    states, actions, latents = [state], [], []
+    for _ in range(horizon):
+        action = sample_action(model.heads.policy_logits(state, 1)[:, 0])
+        noise = torch.randn_like(inputs["z1"][:, 0])
+        z = denoise(dynamics, noise, action, yes[:, 0], steps, cache)
+        state = model.observe(z[:, None], action[:, None], yes, cache)
+        states.append(state)
+        actions.append(action)
+        latents.append(z)
+    return {
+        "states": torch.stack(states, 1),
+        "actions": torch.stack(actions, 1),
+        "latents": torch.stack(latents, 1),
+    }
+
+
+class ImaginationObjective(nn.Module):
+    def __init__(
+        self, model: AgentModel, horizon: int, gamma: float, lam: float, alpha: float, beta: float
+    ):
+        super().__init__()
+        self.model = model
+        self.prior = copy.deepcopy(model.heads.policy).requires_grad_(False)
+        model.dynamics.requires_grad_(False)
+        model.heads.reward.requires_grad_(False)
+        model.heads.cont.requires_grad_(False)
+        model.heads.policy.out[1:].requires_grad_(False)  # imagination uses distance 1 only
+        model.heads.value.requires_grad_(True)
+        self.horizon, self.gamma, self.lam, self.alpha, self.beta = horizon, gamma, lam, alpha, beta
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.dynamics.eval()  # frozen: always in evaluation mode
+        self.prior.eval()
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        heads = self.model.heads
+        rollout = imagine_rollouts(self.model, batch, self.horizon)
+        states, actions = rollout["states"], rollout["actions"]  # (B,H+1,D), (B,H,A)
+        with torch.no_grad():
+            reward = heads.twohot.decode(heads.reward(states[:, :-1], 1)[:, :, 0])  # r_{t+1}
+            cont = torch.sigmoid(heads.cont(states[:, :-1], 1)[:, :, 0, 0].float())  # c_{t+1}
+            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+        value_logits = heads.value(states)
+        value = heads.twohot.decode(value_logits)
+        returns = lambda_returns(reward, cont, value.detach(), self.gamma, self.lam)
+        advantage = returns - value[:, :-1].detach()
+        logits = heads.policy_logits(states[:, :-1], 1)[:, :, 0]
+        prior_logits = self.prior(states[:, :-1], 1)[:, :, 0].unflatten(-1, logits.shape[-2:])
+        logp = log_prob(logits, actions)
+        kl = kl_categorical(logits, prior_logits)
+        keep = weight.flatten() > 0.5  # states before a predicted episode end
+        policy_loss = pmpo_loss(
+            logp.flatten()[keep],
+            advantage.flatten()[keep],
+            kl.flatten()[keep],
+            self.alpha,
+            self.beta,
+        )
+        value_loss = (heads.twohot.loss(value_logits[:, :-1], returns) * weight).mean()
+        metrics = {
+            "return": returns[:, 0].mean().detach(),
+            "reward": reward.mean(),
+            "advantage_positive": (advantage >= 0).float().mean(),
+            "kl": kl.mean().detach(),
+            "value_error": (value[:, :-1] - returns).abs().mean().detach(),
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+        }
+        return policy_loss + value_loss, metrics
+
+
+class ImaginationPhase:
+    name = "imagination"
+
+    def __init__(
+        self,
+        agent_run: str | Path,
+        train: TrainConfig,
+        horizon: int = 16,
+        gamma: float = 0.997,
+        lam: float = 0.95,
+        alpha: float = 0.5,
+        beta: float = 0.3,
+    ):
+        model, info = load_agent(agent_run)
+        if info["phase"] != "agent":
+            raise UserError(f"{agent_run} is an {info['phase']} run: start from an agent run")
+        self.info, self.train, self.agent_run = info, train, Path(agent_run)
+        self.model = model.train()
+        self.latents = encode_dataset(info["data"], info["tokenizer"])
+        self.settings = {
+            "horizon": horizon,
+            "gamma": gamma,
+            "lambda": lam,
+            "alpha": alpha,
+            "beta": beta,
+        }
+        self.objective = ImaginationObjective(model, horizon, gamma, lam, alpha, beta)
+
+    def batches(self, start_step: int, env: Distributed):
+        return window_batches(self.latents, self.train, start_step, env)
+
+    @torch.no_grad()
+    def evaluate(self, model: AgentModel, run: Path, step: int) -> dict[str, float]:
+        """Imagined returns on validation contexts, and a GIF of the policy's imagination."""
+        from nanodreamer.data import WindowDataset
+
+        data = WindowDataset(self.latents, self.train.seq_len, split="val", seed=1)
+        batch = torch.utils.data.default_collate([data[i] for i in range(8)])
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        objective = self.objective
+        generator_state = torch.get_rng_state()
+        torch.manual_seed(0)
+        rollout = imagine_rollouts(model, batch, objective.horizon)
+        torch.set_rng_state(generator_state)
+        heads = model.heads
+        reward = heads.twohot.decode(heads.reward(rollout["states"][:, :-1], 1)[:, :, 0])
+        tokenizer = load_tokenizer(self.info["tokenizer"], device)
+        frames = tokenizer.decode(torch.cat([batch["latents"].float(), rollout["latents"]], 1))
+        save_video(run / "imagined_policy.gif", side_by_side(frames[:4]), fps=8)
+        return {"imagined_reward_sum": reward.sum(1).mean().item()}
+
+    def run_info(self) -> dict:
+        return {k: v for k, v in self.info.items() if k not in ("phase", "train")} | {
+            "agent_run": str(self.agent_run.resolve()),
+            "imagination": self.settings,
+        }

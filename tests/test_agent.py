@@ -1,0 +1,228 @@
+import numpy as np
+import pytest
+import torch
+from conftest import make_store
+
+from nanodreamer import envs
+from nanodreamer.agent import (
+    AgentConfig,
+    AgentHeads,
+    action_to_bins,
+    bins_to_action,
+    kl_categorical,
+    lambda_returns,
+    log_prob,
+    mtp_targets,
+    pmpo_loss,
+)
+from nanodreamer.cli import main
+from nanodreamer.errors import UserError
+from nanodreamer.nn.distributions import TwoHot, symexp, symlog
+
+
+def test_mtp_targets_aligned():
+    """reward[t] depends only on action[t]: every target pair (action, reward) at t+k keeps
+    that relation, and frame t's targets start at t+1."""
+    t, length = torch.arange(10), 3
+    action = torch.stack([torch.linspace(-1, 1, 10), torch.zeros(10)], -1)[None]
+    batch = {
+        "action": action,
+        "reward": (3 * action[..., 0] + 1) * (t > 0),
+        "is_terminal": t[None] == 9,
+        "valid": torch.ones(1, 10, dtype=torch.bool),
+    }
+    targets = mtp_targets(batch, length)
+    mask = targets["mask"][0]
+    assert targets["action"].shape == (1, 10, 3, 2) and mask.shape == (10, 3)
+    for step in range(10):
+        for k in range(1, length + 1):
+            assert mask[step, k - 1] == (step + k < 10)
+            if step + k < 10:
+                assert targets["action"][0, step, k - 1, 0] == action[0, step + k, 0]
+                assert targets["reward"][0, step, k - 1] == 3 * action[0, step + k, 0] + 1
+                assert targets["cont"][0, step, k - 1] == (step + k != 9)
+    padded = dict(batch, valid=t[None] < 6)
+    padded_mask = mtp_targets(padded, length)["mask"][0]
+    assert padded_mask[4].tolist() == [True, False, False] and not padded_mask[5:].any()
+
+
+def test_two_hot_round_trip_with_negatives():
+    twohot = TwoHot(bins=63, limit=10.0)
+    values = torch.tensor([-1000.0, -37.5, -1.0, -0.01, 0.0, 0.3, 2.0, 512.0])
+    target = twohot.encode(values)
+    assert torch.allclose(target.sum(-1), torch.ones(8))
+    assert ((target > 0).sum(-1) <= 2).all()
+    decoded = symexp((target * twohot.points).sum(-1))
+    torch.testing.assert_close(decoded, values, rtol=1e-4, atol=1e-5)
+    logits = torch.log(target.clamp(min=1e-12))
+    torch.testing.assert_close(twohot.decode(logits), values, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(symexp(symlog(values)), values)
+
+
+def test_lambda_returns_hand_computed():
+    reward = torch.tensor([[1.0, 2.0]])
+    cont = torch.tensor([[1.0, 0.5]])
+    value = torch.tensor([[0.0, 10.0, 20.0]])
+    gamma, lam = 0.9, 0.8
+    r1 = 2.0 + gamma * 0.5 * 20.0  # R_1 = r_2 + g c_2 v_2 (R_2 = v_2)
+    r0 = 1.0 + gamma * 1.0 * ((1 - lam) * 10.0 + lam * r1)
+    torch.testing.assert_close(
+        lambda_returns(reward, cont, value, gamma, lam), torch.tensor([[r0, r1]])
+    )
+
+
+def test_pmpo_hand_computed():
+    logp = torch.tensor([-1.0, -2.0, -0.5, -3.0], requires_grad=True)
+    advantage = torch.tensor([1.0, -2.0, 0.5, -0.1])
+    kl = torch.tensor([0.2, 0.4, 0.0, 0.2])
+    loss = pmpo_loss(logp, advantage, kl, alpha=0.5, beta=0.3)
+    negative = (1 - 0.5) * (-2.0 + -3.0) / 2
+    positive = -0.5 * (-1.0 + -0.5) / 2
+    expected = negative + positive + 0.3 * 0.8 / 4
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()  # positive advantages raise log pi, negative ones lower it
+    assert logp.grad.tolist() == pytest.approx([-0.25, 0.25, -0.25, 0.25])
+    assert pmpo_loss(logp, -advantage.abs(), kl * 0).item() == pytest.approx(0.5 * (-6.5) / 4)
+
+
+def test_policy_distribution_helpers():
+    bins = 8
+    action = torch.tensor([[-1.0, 0.99], [0.1, -0.3]])
+    index = action_to_bins(action, bins)
+    assert index.tolist() == [[0, 7], [4, 2]]
+    assert (action_to_bins(bins_to_action(index, bins), bins) == index).all()
+    logits = torch.zeros(2, 2, bins)
+    assert log_prob(logits, action).tolist() == pytest.approx([2 * np.log(1 / 8)] * 2)
+    assert kl_categorical(logits, logits).abs().max() < 1e-6
+    heads = AgentHeads(AgentConfig(dim=16, action_dim=2, action_bins=bins, mtp=3))
+    assert heads.policy_logits(torch.zeros(5, 16)).shape == (5, 3, 2, bins)
+    assert heads.value(torch.randn(5, 16)).abs().max() == 0  # a new value head starts at 0
+
+
+def test_dot_env_rewards_and_spaces():
+    env = envs.make("dot")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (32, 32, 3) and env.action_space.shape == (2,)
+    u = env.unwrapped
+    toward = np.clip((u.target - u.dot) / 2, -1, 1).astype(np.float32)
+    _, closer, *_ = env.step(toward)
+    env.reset(seed=0)
+    _, away, *_ = env.step(-toward)
+    assert closer > away and closer <= 0
+    steps = 0
+    done = False
+    while not done:
+        *_, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps += 1
+        done = terminated or truncated
+    assert steps == 99  # one step was taken before
+
+
+@pytest.fixture(scope="module")
+def agent_runs(tmp_path_factory):
+    """A tiny world model and agent on synthetic 16x16 data (only the plumbing is tested)."""
+    root = tmp_path_factory.mktemp("agent")
+    data = make_store(root / "data", [40, 36, 50, 44], size=16).path
+    fast = ["--workers", "0", "--no-tensorboard", "--batch-size", "2"]
+    main(
+        [
+            "train",
+            "tokenizer",
+            "--data",
+            str(data),
+            "--out",
+            str(root / "tok"),
+            "--steps",
+            "2",
+            "--seq-len",
+            "4",
+            *fast,
+        ]
+    )
+    main(
+        [
+            "train",
+            "dynamics",
+            "--data",
+            str(data),
+            "--tokenizer",
+            str(root / "tok"),
+            "--out",
+            str(root / "dyn"),
+            "--steps",
+            "2",
+            "--seq-len",
+            "8",
+            *fast,
+        ]
+    )
+    main(
+        [
+            "train",
+            "agent",
+            "--data",
+            str(data),
+            "--world-model",
+            str(root / "dyn"),
+            "--out",
+            str(root / "agent"),
+            "--steps",
+            "2",
+            "--seq-len",
+            "8",
+            *fast,
+        ]
+    )
+    return root
+
+
+def test_phase3_trains_only_policy_and_value(agent_runs, tmp_path):
+    from nanodreamer.train.agent import ImaginationPhase, load_agent
+    from nanodreamer.train.distributed import Distributed
+    from nanodreamer.train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(steps=2, batch_size=2, seq_len=4, workers=0, tensorboard=False, lr=1e-2)
+    phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3)
+    before = {k: v.clone() for k, v in phase.model.state_dict().items()}
+    prior = {k: v.clone() for k, v in phase.objective.prior.state_dict().items()}
+    Trainer(tmp_path / "imagination", phase, cfg, Distributed()).fit()
+    after = phase.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(
+        k.startswith(("heads.policy.trunk", "heads.policy.out.0", "heads.value")) for k in changed
+    ), changed
+    assert all(torch.equal(prior[k], v) for k, v in phase.objective.prior.state_dict().items())
+    assert not any(p.requires_grad for p in phase.model.dynamics.parameters())
+    trained, _ = load_agent(tmp_path / "imagination")
+    assert torch.equal(trained.heads.value[-1].weight, after["heads.value.3.weight"])
+    with pytest.raises(UserError, match="start from an agent run"):
+        ImaginationPhase(tmp_path / "imagination", cfg)
+
+
+def test_policy_context_reset_between_episodes(agent_runs):
+    from nanodreamer.eval.agent import AgentPolicy
+
+    policy = AgentPolicy(agent_runs / "agent", num_envs=1, mode=True)
+    frames = np.random.default_rng(0).integers(0, 255, (6, 1, 16, 16, 3), dtype=np.uint8)
+    torch.manual_seed(0)  # the context noise is the only randomness of a mode policy
+    first = [policy.act(frames[0], np.array([True]))]
+    for t in range(1, 6):
+        first.append(policy.act(frames[t], np.array([False])))
+    assert policy.caches[0][1].frames == 6
+    torch.manual_seed(0)
+    again = policy.act(frames[0], np.array([True]))
+    assert policy.caches[0][1].frames == 1  # a new episode starts from an empty context
+    np.testing.assert_array_equal(again, first[0])
+
+
+def test_wrong_phase_and_env_are_refused(agent_runs):
+    from nanodreamer.eval.agent import evaluate_agent
+    from nanodreamer.train.agent import AgentPhase, load_agent
+    from nanodreamer.train.trainer import TrainConfig
+
+    with pytest.raises(UserError, match="dynamics run, but an agent run"):
+        load_agent(agent_runs / "dyn")
+    with pytest.raises(UserError, match="tokenizer run, but a dynamics run"):
+        AgentPhase(agent_runs / "data", agent_runs / "tok", TrainConfig())
+    with pytest.raises(UserError, match="trained on 'synthetic', not 'dot'"):
+        evaluate_agent(agent_runs / "agent", "dot", 1)
