@@ -301,15 +301,9 @@ def cmd_eval_agent(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from nanodreamer.data import collect, summarize
+    from nanodreamer.demo import run_demo
 
-    out = Path(args.out)
-    store = collect("car-racing", out / "data", args.episodes, workers=args.workers, seed=0)
-    info = summarize(store)
-    text = format_summary(info)
-    (out / "summary.md").write_text(f"# nanodreamer demo\n\n```\n{text}\n```\n")
-    print(text)
-    print(f"\ndemo folder: {out.resolve()} (open summary.md first)")
+    run_demo(args.out, minutes=args.minutes, env=args.env, episodes=args.episodes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--episodes", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--minutes", type=float, default=15, help="training time budget")
+    p.add_argument("--env", default="car-racing")
+    p.add_argument("--episodes", type=int, default=10, help="random episodes to collect")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,10 +1,10 @@
 """A tiny pixel environment for CPU-scale end-to-end runs: steer a dot to a target.
 
-32x32 RGB frames: a red dot and a green target, squares of side 2 * radius + 1, both placed at random. The 2-D action in
-[-1, 1]^2 is the dot's velocity (up to `speed` pixels per step). Reward per step: minus the
-distance from dot to target in units of the frame size, so it depends on the state the action
-led to. Episodes last `max_steps` steps: a random policy scores about -54, a policy that heads
-straight for the target about -2.
+32x32 RGB frames: a red dot and a green target, squares of side 2 * radius + 1, both placed
+at random. The 2-D action in [-1, 1]^2 is the dot's velocity (up to `speed` pixels per step).
+Reward per step: minus the distance from dot to target in units of the frame size, so it
+depends on the state the action led to. Episodes last `max_episode_steps` steps: a random policy
+scores about -54, a policy that heads straight for the target about -2.
 """
 
 from __future__ import annotations
@@ -21,10 +21,15 @@ class DotEnv(gym.Env):
         size: int = 32,
         radius: int = 3,
         speed: float = 2.0,
-        max_steps: int = 100,
+        max_episode_steps: int = 100,
         render_mode=None,
     ):
-        self.size, self.radius, self.speed, self.max_steps = size, radius, speed, max_steps
+        self.size, self.radius, self.speed, self.max_episode_steps = (
+            size,
+            radius,
+            speed,
+            max_episode_steps,
+        )
         self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -47,7 +52,7 @@ class DotEnv(gym.Env):
         self.dot = np.clip(self.dot + self.speed * action, self.radius, self.size - 1 - self.radius)
         reward = -np.linalg.norm(self.target - self.dot) / self.size
         self.steps += 1
-        truncated = self.steps >= self.max_steps
+        truncated = self.steps >= self.max_episode_steps
         return self._frame(), float(reward), False, truncated, {}
 
     def _frame(self) -> np.ndarray:
