@@ -21,3 +21,5 @@ test: install
 
 bench: install
 	$(BIN)/python bench/collect.py
+	$(BIN)/python bench/tokenizer.py
+	$(BIN)/python bench/dynamics.py

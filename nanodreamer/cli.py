@@ -143,7 +143,7 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> None:
     model = load_tokenizer(args.run, device)
     check_dataset_matches(Path(args.data), model.config)
     seq_len = read_run(args.run)["train"]["seq_len"]
-    windows = validation_windows(args.data, seq_len, count=args.windows)
+    windows = validation_windows(args.data, seq_len, count=args.windows, split=args.split)
     gif = Path(args.gif) if args.gif else Path(args.run) / "reconstruction.gif"
     results = evaluate_tokenizer(model, windows, gif=gif) | {"gif": str(gif)}
     if args.json:
@@ -372,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--windows", type=int, default=32, help="validation windows to score")
+    p.add_argument(
+        "--split",
+        choices=["val", "all"],
+        default="val",
+        help="all: every episode (for a separate held-out dataset)",
+    )
     p.add_argument("--gif", help="where to write the reconstruction GIF")
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
