@@ -122,16 +122,15 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     )
     if args.patch:
         config = replace(config, patch=args.patch)
-    env = distributed.setup(args.device)
-    try:
-        phase = TokenizerPhase(args.data, config, cfg)
+
+    def phase(env):
+        tokenizer_phase = TokenizerPhase(args.data, config, cfg)
         if args.lpips:
-            phase.model.use_perceptual(load_perceptual(args.lpips).to(env.device))
-        results = Trainer(args.out, phase, cfg, env).fit(resume=args.resume)
-        if env.main:
-            print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
-    finally:
-        distributed.teardown()
+            perceptual = load_perceptual(args.lpips).to(env.device)
+            tokenizer_phase.model.use_perceptual(perceptual)
+        return tokenizer_phase
+
+    _fit(phase, cfg, args)
 
 
 def cmd_eval_tokenizer(args: argparse.Namespace) -> None:
@@ -163,22 +162,16 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
     cfg = train_config(args, TRAIN_PRESETS[args.preset])
     if args.long_seq_len:
         cfg = replace(cfg, long_seq_len=args.long_seq_len)
-    env = distributed.setup(args.device)
-    try:
+
+    def phase(env):
         if env.main:  # encode once, before the other ranks read the cache
-            latents = encode_dataset(args.data, args.tokenizer, env.device)
+            encode_dataset(args.data, args.tokenizer, env.device)
         env.barrier()
-        if not env.main:
-            latents = encode_dataset(args.data, args.tokenizer, env.device)
-        config = replace(
-            dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset]), window=cfg.seq_len
-        )
-        phase = DynamicsPhase(args.data, args.tokenizer, config, cfg)
-        results = Trainer(args.out, phase, cfg, env).fit(resume=args.resume)
-        if env.main:
-            print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
-    finally:
-        distributed.teardown()
+        latents = encode_dataset(args.data, args.tokenizer, env.device)
+        config = dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset])
+        return DynamicsPhase(args.data, args.tokenizer, replace(config, window=cfg.seq_len), cfg)
+
+    _fit(phase, cfg, args)
 
 
 def cmd_eval_dynamics(args: argparse.Namespace) -> None:
@@ -263,20 +256,21 @@ def cmd_train_agent(args: argparse.Namespace) -> None:
     from nanodreamer.train.agent import AGENT_TRAIN, AgentPhase
 
     cfg = train_config(args, AGENT_TRAIN)
-    _fit(AgentPhase(args.data, args.world_model, cfg), cfg, args)
+    _fit(lambda env: AgentPhase(args.data, args.world_model, cfg), cfg, args)
 
 
 def cmd_train_imagination(args: argparse.Namespace) -> None:
     from nanodreamer.train.agent import IMAGINATION_TRAIN, ImaginationPhase
 
     cfg = train_config(args, IMAGINATION_TRAIN)
-    _fit(ImaginationPhase(args.run, cfg, horizon=args.horizon), cfg, args)
+    _fit(lambda env: ImaginationPhase(args.run, cfg, horizon=args.horizon), cfg, args)
 
 
-def _fit(phase, cfg: TrainConfig, args: argparse.Namespace) -> dict:
+def _fit(make_phase, cfg: TrainConfig, args: argparse.Namespace) -> dict:
+    """Build the phase in this process's distributed setting, train it, print the results."""
     env = distributed.setup(args.device)
     try:
-        results = Trainer(args.out, phase, cfg, env).fit(resume=args.resume)
+        results = Trainer(args.out, make_phase(env), cfg, env).fit(resume=args.resume)
         if env.main:
             print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
         return results

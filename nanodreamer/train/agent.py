@@ -54,6 +54,18 @@ class AgentModel(nn.Module):
         """Transformer outputs (B,T,S,D) -> agent features h_t (B,T,D)."""
         return h[:, :, self.dynamics.layout.slice("agents")].mean(2)
 
+    def context_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Agent features (B,T,D) of dataset windows fed in as context (`latent_batch`)."""
+        context = context_inputs(
+            self.dynamics,
+            inputs["z1"],
+            inputs["action"],
+            inputs["has_action"],
+            torch.randn_like(inputs["z1"]),
+        )
+        _, h = self.dynamics(**context)
+        return self.features(h)
+
     @torch.no_grad()
     def observe(self, z, action, has_action, cache: KVCache | None, task=None) -> torch.Tensor:
         """Feed frames z (B,T,N,Dl) as context (at the context signal level) and return the
@@ -72,6 +84,16 @@ def load_agent(run: str | Path, device="cpu") -> tuple[AgentModel, dict]:
     return model.to(device).eval(), info
 
 
+def validation_batch(latents, seq_len: int, count: int, model: nn.Module) -> dict:
+    """`count` fixed validation windows of the latent cache, on the model's device."""
+    from nanodreamer.data import WindowDataset
+
+    data = WindowDataset(latents, seq_len, split="val", seed=1)
+    device = next(model.parameters()).device
+    batch = torch.utils.data.default_collate([data[i] for i in range(count)])
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 # phase 2 --------------------------------------------------------------------------------------
 class AgentObjective(nn.Module):
     def __init__(self, model: AgentModel):
@@ -82,17 +104,9 @@ class AgentObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]):
         inputs = latent_batch(batch)
-        dynamics = self.model.dynamics
-        dyn_loss, metrics, _ = shortcut_forcing_loss(dynamics, **inputs)
-        context = context_inputs(
-            dynamics,
-            inputs["z1"],
-            inputs["action"],
-            inputs["has_action"],
-            torch.randn_like(inputs["z1"]),
-        )
-        _, h = dynamics(**context)
-        terms = {"dynamics": dyn_loss} | mtp_losses(self.model.heads, self.model.features(h), batch)
+        dyn_loss, metrics, _ = shortcut_forcing_loss(self.model.dynamics, **inputs)
+        features = self.model.context_features(inputs)
+        terms = {"dynamics": dyn_loss} | mtp_losses(self.model.heads, features, batch)
         return self.norm(terms), metrics | {k: v.detach() for k, v in terms.items()}
 
 
@@ -123,22 +137,9 @@ class AgentPhase:
     @torch.no_grad()
     def evaluate(self, model: AgentModel, run: Path, step: int) -> dict[str, float]:
         """Phase-2 losses on validation windows."""
-        from nanodreamer.data import WindowDataset
-
-        data = WindowDataset(self.latents, self.train.seq_len, split="val", seed=1)
-        batch = torch.utils.data.default_collate([data[i] for i in range(16)])
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
-        inputs = latent_batch(batch)
-        context = context_inputs(
-            model.dynamics,
-            inputs["z1"],
-            inputs["action"],
-            inputs["has_action"],
-            torch.randn_like(inputs["z1"]),
-        )
-        _, h = model.dynamics(**context)
-        return {k: v.item() for k, v in mtp_losses(model.heads, model.features(h), batch).items()}
+        batch = validation_batch(self.latents, self.train.seq_len, 16, model)
+        features = model.context_features(latent_batch(batch))
+        return {k: v.item() for k, v in mtp_losses(model.heads, features, batch).items()}
 
     def run_info(self) -> dict:
         return {
@@ -269,12 +270,8 @@ class ImaginationPhase:
     @torch.no_grad()
     def evaluate(self, model: AgentModel, run: Path, step: int) -> dict[str, float]:
         """Imagined returns on validation contexts, and a GIF of the policy's imagination."""
-        from nanodreamer.data import WindowDataset
-
-        data = WindowDataset(self.latents, self.train.seq_len, split="val", seed=1)
-        batch = torch.utils.data.default_collate([data[i] for i in range(8)])
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = validation_batch(self.latents, self.train.seq_len, 8, model)
+        device = batch["latents"].device
         objective = self.objective
         generator_state = torch.get_rng_state()
         torch.manual_seed(0)
