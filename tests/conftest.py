@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
+from nanodreamer.cli import main
 from nanodreamer.data import EpisodeStore
+from nanodreamer.tokenizer import TokenizerConfig
 
 
 def synthetic_episode(length: int, episode: int, size: int = 8, action_dim: int = 2) -> dict:
@@ -37,3 +39,27 @@ def make_store(path, lengths, size=8, action_dim=2) -> EpisodeStore:
 @pytest.fixture
 def synthetic_store(tmp_path):
     return make_store(tmp_path / "data", [40, 25, 60, 5, 33, 47])
+
+
+TINY_TOKENIZER = TokenizerConfig(
+    image_size=16, patch=4, n_latents=4, latent_dim=3, dim=32, heads=2, enc_depth=2,
+    dec_depth=2, window=4,
+)  # fmt: skip
+
+
+def cli(command: str) -> None:
+    """Run a `nanodreamer` command line in this process, with fast CPU test settings for
+    training commands (paths must not contain spaces)."""
+    words = command.split()
+    if words[0] == "train":
+        words += ["--workers", "0", "--no-tensorboard", "--batch-size", "2"]
+    main(words)
+
+
+def train_world_model(root, data, steps: int = 3) -> None:
+    """root/tok and root/dyn: a tokenizer and a dynamics model trained for a few steps."""
+    cli(f"train tokenizer --data {data} --out {root}/tok --steps {steps} --seq-len 4")
+    cli(
+        f"train dynamics --data {data} --tokenizer {root}/tok --out {root}/dyn --steps {steps} "
+        "--seq-len 8 --long-seq-len 12"
+    )

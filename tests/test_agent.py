@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_store
+from conftest import cli, make_store, train_world_model
 
 from nanodreamer import envs
 from nanodreamer.agent import (
@@ -15,7 +15,6 @@ from nanodreamer.agent import (
     mtp_targets,
     pmpo_loss,
 )
-from nanodreamer.cli import main
 from nanodreamer.errors import UserError
 from nanodreamer.nn.distributions import TwoHot, symexp, symlog
 
@@ -123,55 +122,10 @@ def agent_runs(tmp_path_factory):
     """A tiny world model and agent on synthetic 16x16 data (only the plumbing is tested)."""
     root = tmp_path_factory.mktemp("agent")
     data = make_store(root / "data", [40, 36, 50, 44], size=16).path
-    fast = ["--workers", "0", "--no-tensorboard", "--batch-size", "2"]
-    main(
-        [
-            "train",
-            "tokenizer",
-            "--data",
-            str(data),
-            "--out",
-            str(root / "tok"),
-            "--steps",
-            "2",
-            "--seq-len",
-            "4",
-            *fast,
-        ]
-    )
-    main(
-        [
-            "train",
-            "dynamics",
-            "--data",
-            str(data),
-            "--tokenizer",
-            str(root / "tok"),
-            "--out",
-            str(root / "dyn"),
-            "--steps",
-            "2",
-            "--seq-len",
-            "8",
-            *fast,
-        ]
-    )
-    main(
-        [
-            "train",
-            "agent",
-            "--data",
-            str(data),
-            "--world-model",
-            str(root / "dyn"),
-            "--out",
-            str(root / "agent"),
-            "--steps",
-            "2",
-            "--seq-len",
-            "8",
-            *fast,
-        ]
+    train_world_model(root, data, steps=2)
+    cli(
+        f"train agent --data {data} --world-model {root}/dyn --out {root}/agent --steps 2 "
+        "--seq-len 8"
     )
     return root
 

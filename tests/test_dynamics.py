@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import TINY_TOKENIZER
 from torch import nn
 
 from nanodreamer.dynamics import (
@@ -13,7 +14,7 @@ from nanodreamer.dynamics import (
     shortcut_forcing_loss,
 )
 from nanodreamer.errors import UserError
-from nanodreamer.tokenizer import Tokenizer, TokenizerConfig
+from nanodreamer.tokenizer import Tokenizer
 from nanodreamer.world import WorldModel
 
 SMALL = DynamicsConfig(
@@ -195,19 +196,7 @@ def test_independent_frames_ignore_each_other(model):
 
 def world(use_cache, seed=0, steps=4):
     torch.manual_seed(0)
-    tok = Tokenizer(
-        TokenizerConfig(
-            image_size=16,
-            patch=4,
-            n_latents=4,
-            latent_dim=3,
-            dim=32,
-            heads=2,
-            enc_depth=2,
-            dec_depth=2,
-            window=3,
-        )
-    )
+    tok = Tokenizer(replace(TINY_TOKENIZER, window=3))
     dyn = Dynamics(SMALL)
     generator = torch.Generator().manual_seed(seed)
     return WorldModel(tok, dyn, steps=steps, use_cache=use_cache, generator=generator)

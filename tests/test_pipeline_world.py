@@ -5,55 +5,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_store
+from conftest import cli, make_store, train_world_model
 
-from nanodreamer.cli import main
 from nanodreamer.data.latents import LatentStore, encode_dataset
 from nanodreamer.errors import UserError
 from nanodreamer.train.dynamics import load_world_model
 from nanodreamer.train.tokenizer import load_tokenizer
-
-FAST = ["--workers", "0", "--no-tensorboard", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     data = make_store(root / "data", [40, 36, 50, 44], size=16).path
-    main(
-        [
-            "train",
-            "tokenizer",
-            "--data",
-            str(data),
-            "--out",
-            str(root / "tok"),
-            "--steps",
-            "3",
-            "--seq-len",
-            "4",
-            *FAST,
-        ]
-    )
-    main(
-        [
-            "train",
-            "dynamics",
-            "--data",
-            str(data),
-            "--tokenizer",
-            str(root / "tok"),
-            "--out",
-            str(root / "dyn"),
-            "--steps",
-            "3",
-            "--seq-len",
-            "8",
-            "--long-seq-len",
-            "12",
-            *FAST,
-        ]
-    )
+    train_world_model(root, data)
     return root, data
 
 
@@ -75,31 +39,10 @@ def test_latent_cache_matches_tokenizer_and_is_reused(runs):
 def test_eval_dynamics_json(runs, capsys):
     root, data = runs
     capsys.readouterr()
-    main(
-        [
-            "eval",
-            "dynamics",
-            "--run",
-            str(root / "dyn"),
-            "--data",
-            str(data),
-            "--json",
-            "--windows",
-            "2",
-            "--context",
-            "4",
-        ]
-    )
+    cli(f"eval dynamics --run {root}/dyn --data {data} --json --windows 2 --context 4")
     results = json.loads(capsys.readouterr().out)
-    for key in (
-        "psnr_h1",
-        "psnr_h8",
-        "baseline_psnr_h8",
-        "ceiling_psnr_h8",
-        "shuffled_psnr_h8",
-        "fps",
-        "fps_no_cache",
-    ):
+    keys = "psnr_h1 psnr_h8 baseline_psnr_h8 ceiling_psnr_h8 shuffled_psnr_h8 fps fps_no_cache"
+    for key in keys.split():
         assert np.isfinite(results[key]), key
     assert results["fps"] > 0
 
@@ -110,24 +53,9 @@ def test_imagine_writes_video(runs, suffix, actions, capsys):
 
     root, data = runs
     out = root / f"imagined{suffix}"
-    main(
-        [
-            "imagine",
-            "--run",
-            str(root / "dyn"),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--frames",
-            "5",
-            "--actions",
-            actions,
-            "--context",
-            "3",
-            "--samples",
-            "2",
-        ]
+    cli(
+        f"imagine --run {root}/dyn --data {data} --out {out} --frames 5 --actions {actions} "
+        "--context 3 --samples 2"
     )
     video = iio.imread(out)
     assert video.shape[0] == 8 and video.shape[-1] == 3
@@ -143,22 +71,7 @@ def test_changed_tokenizer_is_refused(runs, tmp_path):
     info["tokenizer"] = str(tmp_path / "tok")
     (tmp_path / "dyn" / "run.json").write_text(json.dumps(info))
     load_world_model(tmp_path / "dyn")
-    main(
-        [
-            "train",
-            "tokenizer",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "tok"),
-            "--steps",
-            "4",
-            "--seq-len",
-            "4",
-            "--resume",
-            *FAST,
-        ]
-    )
+    cli(f"train tokenizer --data {data} --out {tmp_path}/tok --steps 4 --seq-len 4 --resume")
     with pytest.raises(UserError, match="changed after"):
         load_world_model(tmp_path / "dyn")
     assert len(list((data / "latents").iterdir())) == 1  # a new cache only when asked for

@@ -1,21 +1,13 @@
+from dataclasses import replace
+
 import pytest
 import torch
+from conftest import TINY_TOKENIZER
 
 from nanodreamer.errors import UserError
-from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig
+from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer
 
-TINY = TokenizerConfig(
-    image_size=16,
-    patch=4,
-    n_latents=4,
-    latent_dim=3,
-    dim=32,
-    heads=2,
-    enc_depth=2,
-    dec_depth=2,
-    time_every=2,
-    window=3,
-)
+TINY = replace(TINY_TOKENIZER, window=3)
 
 
 @pytest.fixture

@@ -6,26 +6,15 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import make_store
+from conftest import TINY_TOKENIZER, make_store
 
 from nanodreamer.errors import UserError
-from nanodreamer.tokenizer import TokenizerConfig
 from nanodreamer.train.checkpoint import read_run
 from nanodreamer.train.distributed import Distributed
 from nanodreamer.train.tokenizer import TokenizerObjective, TokenizerPhase, load_tokenizer
 from nanodreamer.train.trainer import TrainConfig, Trainer, learning_rate
 
-MODEL = TokenizerConfig(
-    image_size=16,
-    patch=4,
-    n_latents=4,
-    latent_dim=3,
-    dim=32,
-    heads=2,
-    enc_depth=2,
-    dec_depth=2,
-    window=4,
-)
+MODEL = TINY_TOKENIZER
 TRAIN = TrainConfig(
     steps=6,
     batch_size=4,
