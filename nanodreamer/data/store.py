@@ -36,7 +36,7 @@ MANIFEST = "manifest.json"
 
 
 class CorruptEpisodeError(UserError):
-    pass
+    """An episode file that cannot be read back (truncated, corrupt, inconsistent)."""
 
 
 class EpisodeStore:
