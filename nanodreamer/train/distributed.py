@@ -54,3 +54,11 @@ def mean_over_ranks(values: dict[str, float], env: Distributed) -> dict[str, flo
     tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=env.device)
     dist.all_reduce(tensor)
     return dict(zip(values, (tensor / env.world).tolist(), strict=True))
+
+
+def max_over_ranks(value: float, env: Distributed) -> float:
+    if env.world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from nanodreamer.errors import UserError
 from nanodreamer.nn.transformer import AxialTransformer
 from nanodreamer.train import checkpoint as ckpt
-from nanodreamer.train.distributed import Distributed, mean_over_ranks
+from nanodreamer.train.distributed import Distributed, max_over_ranks, mean_over_ranks
 from nanodreamer.train.logger import MetricsLogger
 
 
@@ -172,8 +172,7 @@ class Trainer:
 
     def state(self) -> dict:
         return {
-            "model": self.model.state_dict(),
-            "objective": self.objective.state_dict(),
+            "objective": self.objective.state_dict(),  # the model, loss normalisers, priors
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "schedule": {"step": self.step, "elapsed": self.elapsed},
@@ -231,11 +230,14 @@ class Trainer:
         if env.main:
             ckpt.write_run(self.run, self.info())
         batches = self.phase.batches(self.step, env)
+        by_time = bool(cfg.minutes)  # the bar counts seconds of the budget, or steps
         bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
+            total=round(60 * cfg.minutes) if by_time else cfg.steps,
+            initial=round(self.elapsed) if by_time else self.step,
+            unit="s" if by_time else "step",
             desc=f"train {self.phase.name}",
             disable=not env.main,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]",
         )
         last_eval: dict[str, float] = {}
         window_start, window_items, window_metrics = time.perf_counter(), 0, []
@@ -257,16 +259,18 @@ class Trainer:
                     self.ema.update_parameters(self.model)
                 self.step += 1
                 self.elapsed += time.perf_counter() - tick
+                if cfg.minutes:  # every rank must stop at the same step
+                    self.elapsed = max_over_ranks(self.elapsed, env)
+                finished = self.step >= cfg.steps or self.progress() >= 1.0
                 window_items += batch[next(iter(batch))].shape[0] * cfg.seq_len
                 window_metrics.append({"loss": loss.detach(), "grad_norm": grad_norm, **metrics})
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or finished:
                     row = self._summarise(window_metrics, window_items, window_start, lr)
                     window_start, window_items, window_metrics = time.perf_counter(), 0, []
                     if logger:
                         logger.log(self.step, row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", fps=f"{row['frames_per_s']:.0f}")
-                bar.update(1)
-                finished = self.step >= cfg.steps or self.progress() >= 1.0
+                bar.update(time.perf_counter() - tick if by_time else 1)
                 if self.step % cfg.eval_every == 0 or finished:
                     last_eval = self._evaluate(logger)
                 if self.step % cfg.save_every == 0 or finished:
