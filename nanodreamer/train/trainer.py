@@ -232,8 +232,8 @@ class Trainer:
         batches = self.phase.batches(self.step, env)
         by_time = bool(cfg.minutes)  # the bar counts seconds of the budget, or steps
         bar = tqdm(
-            total=round(60 * cfg.minutes) if by_time else cfg.steps,
-            initial=round(self.elapsed) if by_time else self.step,
+            total=60 * cfg.minutes if by_time else cfg.steps,
+            initial=self.elapsed if by_time else self.step,
             unit="s" if by_time else "step",
             desc=f"train {self.phase.name}",
             disable=not env.main,
