@@ -128,6 +128,11 @@ class Dynamics(nn.Module):
         ]
         if c.agent_tokens:
             task = torch.zeros(b, dtype=torch.long, device=z.device) if task is None else task
+            if task.numel() and (task.min() < 0 or task.max() >= c.tasks):
+                raise UserError(
+                    f"task ids must lie in [0, {c.tasks - 1}], got {task.tolist()}: "
+                    f"this model was trained for {c.tasks} task(s)"
+                )
             agents = self.agent_pos + self.task_embed(task)[:, None, None]
             parts.append(agents.expand(b, t, -1, -1))
         return torch.cat(parts, 2)

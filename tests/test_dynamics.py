@@ -84,6 +84,8 @@ def test_agent_tokens_read_everything_and_nothing_reads_them():
     z2[:, 0] += 1
     _, h3 = model(z2, tau, k, action, has, task=torch.tensor([0, 0]))
     assert not torch.allclose(h[:, :, agents], h3[:, :, agents])  # agents read the latents
+    with pytest.raises(UserError, match=r"task ids must lie in \[0, 2\]"):
+        model(z, tau, k, action, has, task=torch.tensor([0, 3]))
     mask = model.transformer.space_mask
     assert not mask[: agents.start, agents].any() and mask[agents].all()
 
