@@ -127,8 +127,9 @@ class Dynamics(nn.Module):
             self.registers.expand(b, t, -1, -1),
         ]
         if c.agent_tokens:
-            task = torch.zeros(b, dtype=torch.long, device=z.device) if task is None else task
-            if task.numel() and (task.min() < 0 or task.max() >= c.tasks):
+            if task is None:
+                task = torch.zeros(b, dtype=torch.long, device=z.device)
+            elif task.numel() and (task.min() < 0 or task.max() >= c.tasks):
                 raise UserError(
                     f"task ids must lie in [0, {c.tasks - 1}], got {task.tolist()}: "
                     f"this model was trained for {c.tasks} task(s)"
