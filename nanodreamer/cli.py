@@ -160,7 +160,7 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
     from nanodreamer.train.dynamics import TRAIN_PRESETS, DynamicsPhase, dynamics_config_for
 
     cfg = train_config(args, TRAIN_PRESETS[args.preset])
-    if args.long_seq_len:
+    if args.long_seq_len is not None:
         cfg = replace(cfg, long_seq_len=args.long_seq_len)
 
     def phase(env):
@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("dynamics", help="phase 1b: the interactive dynamics model")
     add_train_flags(p, DYNAMICS_PRESETS)
     p.add_argument("--tokenizer", required=True, help="tokenizer run folder")
-    p.add_argument("--long-seq-len", type=int, help="every 8th step trains on windows this long")
+    p.add_argument(
+        "--long-seq-len", type=int, help="every 8th step's window length (default 2x; 0 = off)"
+    )
     p.set_defaults(func=cmd_train_dynamics)
 
     p = train.add_parser("agent", help="phase 2: behaviour cloning + reward model (MTP)")

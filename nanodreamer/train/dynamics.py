@@ -17,10 +17,18 @@ from nanodreamer.train.tokenizer import load_tokenizer
 from nanodreamer.train.trainer import TrainConfig, window_batches
 from nanodreamer.world import WorldModel
 
+# Every 8th step trains on windows twice the context (SPEC: short batches with occasional
+# long ones), so rollouts past the window are in distribution.
 TRAIN_PRESETS = {
-    "tiny": TrainConfig(steps=3000, batch_size=16, seq_len=16, lr=1e-3, warmup=100),
-    "small": TrainConfig(steps=20000, batch_size=16, seq_len=16, lr=5e-4, warmup=300),
-    "base": TrainConfig(steps=100000, batch_size=16, seq_len=16, lr=3e-4, warmup=1000),
+    "tiny": TrainConfig(
+        steps=3000, batch_size=16, seq_len=16, long_seq_len=32, lr=1e-3, warmup=100
+    ),
+    "small": TrainConfig(
+        steps=20000, batch_size=16, seq_len=16, long_seq_len=32, lr=5e-4, warmup=300
+    ),
+    "base": TrainConfig(
+        steps=100000, batch_size=16, seq_len=16, long_seq_len=32, lr=3e-4, warmup=1000
+    ),
 }
 
 
