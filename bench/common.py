@@ -6,6 +6,7 @@ import platform
 import re
 import resource
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +26,34 @@ def machine() -> str:
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     cores = len(__import__("os").sched_getaffinity(0))
     return f"{cpu}, {cores} cores{gpu}, torch {torch.__version__}"
+
+
+def matmul_peak(device: str) -> float:
+    """Measured FLOP/s of a large matmul in the training precision (fp32 CPU, bf16 CUDA): the
+    denominator of the model FLOPs utilisation."""
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    a, b = (
+        torch.randn(n, n, device=device, dtype=dtype),
+        torch.randn(n, n, device=device, dtype=dtype),
+    )
+    a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start, reps = time.perf_counter(), 10
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def step_flops(step) -> float:
+    """FLOPs of one call of `step` (forward and backward), counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def peak_rss_gib() -> float:

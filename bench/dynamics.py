@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 
 import torch
-from common import commit, machine, peak_rss_gib, update_results
+from common import commit, machine, matmul_peak, peak_rss_gib, step_flops, update_results
 
 from nanodreamer.dynamics import DYNAMICS_PRESETS, Dynamics, shortcut_forcing_loss
 from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer
@@ -38,20 +38,30 @@ def train_step(preset: str, batch: int, steps: int, device: str) -> dict:
     autocast = torch.autocast(device, torch.bfloat16, enabled=device == "cuda")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for i in range(steps + 1):
-        if i == 1:
-            sync(device)
-            start = time.perf_counter()
+
+    def step():
         with autocast:
             loss, _, _ = shortcut_forcing_loss(model, z1, action, ones, ones)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+    flops = step_flops(step)  # also the warm-up step, which pays one-off costs
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
     sync(device)
     seconds = (time.perf_counter() - start) / steps
     memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else peak_rss_gib()
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return {"seconds": seconds, "fps": batch * 16 / seconds, "memory": memory, "params": params}
+    return {
+        "seconds": seconds,
+        "fps": batch * 16 / seconds,
+        "memory": memory,
+        "params": params,
+        "flops": flops / seconds,  # one step's draw of bootstrap sequences; varies per step
+    }
 
 
 @torch.no_grad()
@@ -81,12 +91,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     memory = "CUDA max allocated" if args.device == "cuda" else "peak RSS"
+    peak = matmul_peak(args.device)
     train_rows, gen_rows = [], []
     for preset, batch in TRAIN.items():
         r = train_step(preset, batch, args.steps, args.device)
         train_rows.append(
             f"| {preset} | {r['params']:.2f}M | {batch} x 16 | {r['seconds']:.3f} | "
-            f"{r['fps']:.0f} | {r['memory']:.2f} |"
+            f"{r['fps']:.0f} | {r['memory']:.2f} | {r['flops'] / 1e9:.1f} | "
+            f"{100 * r['flops'] / peak:.0f}% |"
         )
         print(train_rows[-1], flush=True)
     for preset in ("tiny", "small", "base"):
@@ -108,8 +120,13 @@ def main() -> None:
                 f"{args.device}` (shortcut forcing incl. bootstrap passes on 25% of sequences, "
                 "fwd + bwd + AdamW; 64x16 latents).",
                 "",
-                f"| preset | params | batch x frames | step s | frames/s | {memory} GiB |",
-                "| --- | --- | --- | --- | --- | --- |",
+                "",
+                f"MFU against a measured matmul peak of {peak / 1e9:.0f} GFLOP/s (FLOPs counted "
+                "by torch.utils.flop_counter for one step, over the mean step time).",
+                "",
+                f"| preset | params | batch x frames | step s | frames/s | {memory} GiB | "
+                "GFLOP/s | MFU |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
                 *train_rows,
             ]
         ),

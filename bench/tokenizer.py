@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 
 import torch
-from common import commit, machine, peak_rss_gib, update_results
+from common import commit, machine, matmul_peak, peak_rss_gib, step_flops, update_results
 
 from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer
 
@@ -27,22 +27,32 @@ def step_time(preset: str, batch: int, frames: int, steps: int, device: str) -> 
     autocast = torch.autocast(device, torch.bfloat16, enabled=device == "cuda")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for i in range(steps + 1):
-        if i == 1:  # the first step pays one-off costs
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+
+    def step():
         with autocast:
             loss, _ = model.loss(x)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+    flops = step_flops(step)  # also the warm-up step, which pays one-off costs
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
     memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else peak_rss_gib()
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return {"seconds": seconds, "fps": batch * frames / seconds, "memory": memory, "params": params}
+    return {
+        "seconds": seconds,
+        "fps": batch * frames / seconds,
+        "memory": memory,
+        "params": params,
+        "flops": flops / seconds,
+    }
 
 
 def main() -> None:
@@ -51,12 +61,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     memory = "CUDA max allocated" if args.device == "cuda" else "peak RSS"
+    peak = matmul_peak(args.device)
     rows = []
     for preset, (batch, frames) in SETTINGS.items():
         r = step_time(preset, batch, frames, args.steps, args.device)
         rows.append(
             f"| {preset} | {r['params']:.2f}M | {batch} x {frames} | {r['seconds']:.3f} | "
-            f"{r['fps']:.0f} | {r['memory']:.2f} |"
+            f"{r['fps']:.0f} | {r['memory']:.2f} | {r['flops'] / 1e9:.1f} | "
+            f"{100 * r['flops'] / peak:.0f}% |"
         )
         print(rows[-1], flush=True)
     precision = "bf16 autocast" if args.device == "cuda" else "fp32"
@@ -67,8 +79,13 @@ def main() -> None:
             "(fwd + bwd + AdamW step on random 96x96 frames, MAE masking on; mean of "
             f"{args.steps} steps after one warm-up step).",
             "",
-            f"| preset | params | batch x frames | step s | frames/s | {memory} GiB |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "",
+            f"Model FLOPs utilisation: FLOPs counted by torch.utils.flop_counter over measured "
+            f"step time, against a measured matmul peak of {peak / 1e9:.0f} GFLOP/s.",
+            "",
+            f"| preset | params | batch x frames | step s | frames/s | {memory} GiB | "
+            "GFLOP/s | MFU |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
         ]
     )
