@@ -180,3 +180,17 @@ def test_wrong_phase_and_env_are_refused(agent_runs):
         AgentPhase(agent_runs / "data", agent_runs / "tok", TrainConfig())
     with pytest.raises(UserError, match="trained on 'synthetic', not 'dot'"):
         evaluate_agent(agent_runs / "agent", "dot", 1)
+
+
+def test_agent_starts_from_the_world_model(agent_runs):
+    from nanodreamer.train.agent import AgentPhase
+    from nanodreamer.train.dynamics import load_world_model
+    from nanodreamer.train.trainer import TrainConfig
+
+    phase = AgentPhase(agent_runs / "data", agent_runs / "dyn", TrainConfig(seq_len=8))
+    world = load_world_model(agent_runs / "dyn").dynamics
+    agent = phase.model.dynamics
+    s = world.transformer.space_bias.shape[-1]
+    assert agent.transformer.space_bias.shape[-1] == s + 1  # one agent token
+    assert torch.equal(agent.transformer.space_bias[:, :s, :s], world.transformer.space_bias)
+    assert torch.equal(agent.latent_in.weight, world.latent_in.weight)

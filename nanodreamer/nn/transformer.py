@@ -1,9 +1,9 @@
 """Axial space/time transformer shared by the tokenizer and the dynamics model.
 
 Tokens are laid out as (B, T, S, D): T frames of S tokens each. *Space* layers attend within a
-frame under a modality mask built once from a `TokenLayout`; *time* layers (every
-`time_every`-th layer) attend causally across frames at the same token position, with RoPE-1D
-over frame positions and a bounded look-back `window`.
+frame under a modality mask built once from a `TokenLayout`, plus a learned positional bias;
+*time* layers (every `time_every`-th layer) attend causally across frames at the same token
+position, with RoPE-1D over frame positions and a bounded look-back `window`.
 """
 
 from __future__ import annotations
@@ -110,6 +110,11 @@ class AxialTransformer(nn.Module):
         )
         self.norm = nn.RMSNorm(dim)
         self.register_buffer("space_mask", layout.mask(), persistent=False)
+        # Learned positional bias of space attention, one (S, S) table per head. Large at
+        # initialisation, so attention is position-selective from the first step: with only
+        # additive position embeddings, near-uniform attention pools tokens without their
+        # layout and sparse scenes collapse to the mean frame for thousands of steps.
+        self.space_bias = nn.Parameter(torch.randn(heads, layout.size, layout.size) * 2.0)
         self.head_dim = dim // heads
         self.checkpointing = False
 
@@ -134,11 +139,14 @@ class AxialTransformer(nn.Module):
             return out
         t = x.shape[1]
         time_kwargs = self._time_attention(t, cache)
+        space_mask = self.space_bias  # (H, S, S) float: the bias, -inf where reading is masked
+        if self.space_mask is not None:
+            space_mask = space_mask.masked_fill(~self.space_mask, float("-inf"))
         for i, block in enumerate(self.blocks):
             if block.time:
                 kwargs = dict(time_kwargs, past=cache.get(i) if cache else None)
             else:
-                kwargs = {"mask": self.space_mask}
+                kwargs = {"mask": space_mask}
             if self.checkpointing and self.training:
                 x, kv = checkpoint(block, x, use_reentrant=False, **kwargs)
             else:

@@ -127,9 +127,19 @@ class AgentPhase:
         self.model = AgentModel(config, self.agent_config)
         dynamics = Dynamics(DynamicsConfig(**info["model_config"]))
         load_weights(world_model, dynamics)
-        missing, _ = self.model.dynamics.load_state_dict(dynamics.state_dict(), strict=False)
-        assert all(k.startswith(("task_embed", "agent_pos")) for k in missing), missing
+        self._start_from(dynamics)
         self.objective = AgentObjective(self.model)
+
+    @torch.no_grad()
+    def _start_from(self, dynamics: Dynamics) -> None:
+        """Copy the world model's weights; the agent tokens (appended last in each frame) get
+        new embeddings and new rows and columns of the space-attention bias."""
+        state = dynamics.state_dict()
+        old_bias = state.pop("transformer.space_bias")
+        missing, _ = self.model.dynamics.load_state_dict(state, strict=False)
+        assert set(missing) == {"task_embed.weight", "agent_pos", "transformer.space_bias"}
+        s = old_bias.shape[-1]
+        self.model.dynamics.transformer.space_bias[:, :s, :s] = old_bias
 
     def batches(self, start_step: int, env: Distributed):
         return window_batches(self.latents, self.train, start_step, env)
