@@ -237,7 +237,7 @@ class Trainer:
             unit="s" if by_time else "step",
             desc=f"train {self.phase.name}",
             disable=not env.main,
-            bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]",
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]",
         )
         last_eval: dict[str, float] = {}
         window_start, window_items, window_metrics = time.perf_counter(), 0, []
