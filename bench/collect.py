@@ -1,4 +1,5 @@
-"""Environment steps per second of `nanodreamer collect` with 1 and 2 workers.
+"""Environment steps per second of `nanodreamer collect`: car racing with 1 and 2 workers, and
+multi-car racing with 1, 2 and 4 cars (one worker; frames/s counts every car's frame).
 
 python bench/collect.py [--steps 500]
 """
@@ -14,17 +15,13 @@ from common import commit, machine, update_results
 from nanodreamer.data import collect
 
 
-def steps_per_second(env: str, workers: int, steps: int) -> float:
-    episodes = 2 * workers
+def frames_per_second(env: str, workers: int, steps: int, cars: int = 1) -> float:
+    """Recorded frames per second (= env steps/s x cars), reset frames not counted."""
+    options = {"max_episode_steps": steps} | ({"num_cars": cars} if cars > 1 else {})
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         store = collect(
-            env,
-            out,
-            episodes,
-            workers=workers,
-            env_options={"max_episode_steps": steps},
-            progress=False,
+            env, out, 2 * workers * cars, workers=workers, env_options=options, progress=False
         )
         elapsed = time.perf_counter() - start
         return (store.frames - len(store)) / elapsed
@@ -36,17 +33,22 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for workers in (1, 2):
-        rate = steps_per_second("car-racing", workers, args.steps)
-        rows.append(f"| car-racing | {workers} | {rate:.0f} |")
+        rate = frames_per_second("car-racing", workers, args.steps)
+        rows.append(f"| car-racing | 1 | {workers} | {rate:.0f} | {rate:.0f} |")
+        print(rows[-1])
+    for cars in (1, 2, 4):
+        rate = frames_per_second("multi-car-racing", 1, args.steps, cars)
+        rows.append(f"| multi-car-racing | {cars} | 1 | {rate / cars:.0f} | {rate:.0f} |")
         print(rows[-1])
     body = "\n".join(
         [
             f"Machine: {machine()}. Commit {commit()}.",
             f"Command: `python bench/collect.py --steps {args.steps}` (random policy, "
-            f"2 episodes of {args.steps} steps per worker, dataset writes included).",
+            f"2 races of {args.steps} steps per worker, dataset writes included; multi-car "
+            "racing renders one view per car).",
             "",
-            "| env | workers | env steps/s |",
-            "| --- | --- | --- |",
+            "| env | cars | workers | env steps/s | frames/s |",
+            "| --- | --- | --- | --- | --- |",
             *rows,
         ]
     )

@@ -25,11 +25,17 @@ def cmd_collect(args: argparse.Namespace) -> None:
         options["resolution"] = args.resolution
     if args.max_episode_steps is not None:
         options["max_episode_steps"] = args.max_episode_steps
+    if args.num_cars is not None:
+        if args.env != "multi-car-racing":
+            raise UserError("--num-cars is for --env multi-car-racing only")
+        options["num_cars"] = args.num_cars
     policy = None
     if args.policy:
         from nanodreamer.eval.agent import AgentPolicy
 
-        policy = AgentPolicy(args.policy, num_envs=min(args.workers, args.episodes))
+        cars = args.num_cars or 1  # one policy context per car stream
+        races = -(-args.episodes // cars)
+        policy = AgentPolicy(args.policy, num_envs=min(args.workers, races) * cars)
     store = collect(
         args.env,
         args.out,
@@ -282,7 +288,14 @@ def cmd_eval_agent(args: argparse.Namespace) -> None:
     from nanodreamer.eval.agent import evaluate_agent
 
     results = evaluate_agent(
-        args.run, args.env, args.episodes, seed=args.seed, video=args.video, mode=args.mode
+        args.run,
+        args.env,
+        args.episodes,
+        seed=args.seed,
+        video=args.video,
+        mode=args.mode,
+        num_cars=args.num_cars,
+        opponents=args.opponents,
     )
     if args.json:
         print(json.dumps(results))
@@ -305,8 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="collect episodes into a dataset folder")
-    p.add_argument("--env", default="car-racing", help="car-racing or a Gymnasium id")
-    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument(
+        "--env", default="car-racing", help="car-racing, multi-car-racing, dot or a Gym id"
+    )
+    p.add_argument("--episodes", type=int, required=True, help="episodes (one per car and race)")
+    p.add_argument("--num-cars", type=int, help="cars per race for multi-car-racing (default 2)")
     p.add_argument("--out", required=True, help="dataset folder (created, or appended to)")
     p.add_argument("--workers", type=int, default=1, help="parallel environments")
     p.add_argument("--seed", type=int, default=0)
@@ -397,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", action="store_true", help="take the most likely action")
     p.add_argument("--video", help="write the first episode as .gif or .mp4")
+    p.add_argument("--num-cars", type=int, help="multi-car-racing: cars per race")
+    p.add_argument(
+        "--opponents",
+        choices=("self", "random"),
+        default="self",
+        help="multi-car-racing: the policy drives every car, or car 0 against random cars",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_agent)
 

@@ -1,4 +1,5 @@
 import json
+import os
 import warnings
 
 import numpy as np
@@ -108,3 +109,22 @@ def test_summary(synthetic_store):
     assert info["episodes"] == 6 and info["frames"] == 40 + 25 + 60 + 5 + 33 + 47
     assert info["episode_length"]["max"] == 60 and len(info["action"]["mean"]) == 2
     assert info["bytes_on_disk"] > 0
+
+
+def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
+    from nanodreamer.io import atomic_write, write_json
+
+    path = tmp_path / "a.json"
+    write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError):  # a write that dies leaves the old file and no debris
+
+        def broken(tmp):
+            tmp.write_text("{")
+            raise RuntimeError("killed")
+
+        atomic_write(path, broken)
+    assert path.read_text().strip().replace("\n", "").replace(" ", "") == '{"v":1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # readable by others, like open()

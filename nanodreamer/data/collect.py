@@ -91,11 +91,16 @@ def collect(
     env_options: dict | None = None,
     progress: bool = True,
 ) -> EpisodeStore:
-    """Append `episodes` episodes of `env` to the dataset at `out` and return it (reopened)."""
+    """Append `episodes` episodes of `env` to the dataset at `out` and return it (reopened).
+
+    A multi-car env gives one episode per car and race: `episodes` counts car streams.
+    """
     env_options = env_options or {}
     make_env = functools.partial(envs.make, env, **env_options)
     probe = make_env()
-    obs_shape, action_dim = probe.observation_space.shape, probe.action_space.shape[0]
+    cars = envs.num_streams(probe)
+    obs_shape = probe.observation_space.shape[-3:]
+    action_dim = probe.action_space.shape[-1]
     bins = envs.action_bins(probe)
     probe.close()
     store = EpisodeStore.create(
@@ -106,58 +111,72 @@ def collect(
         action_bins=bins,
         env_options=env_options,
     )
+    races = -(-episodes // cars)
     with store:
-        _run(store, make_env, episodes, min(workers, episodes), seed, policy, progress)
+        _run(store, make_env, episodes, min(workers, races), cars, seed, policy, progress)
     return EpisodeStore(out)
 
 
-def _run(store, make_env, episodes, num_envs, seed, policy, progress) -> None:
+def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> None:
+    """Step `num_envs` envs of `cars` streams each; stream j belongs to env j // cars."""
     disabled = gym.vector.AutoresetMode.DISABLED
-    if num_envs > 1:  # spawned workers do not inherit the dataset's lock file
+    # spawned workers do not inherit the dataset's lock file; SyncVectorEnv keeps one float
+    # reward per env, so a multi-car env (a reward per car) always runs in a worker
+    if num_envs > 1 or cars > 1:
         venv = gym.vector.AsyncVectorEnv(
             [make_env] * num_envs, context="spawn", autoreset_mode=disabled
         )
     else:
         venv = gym.vector.SyncVectorEnv([make_env], autoreset_mode=disabled)
-    action_dim = store.manifest["action_dim"]
+    action_dim, streams = store.manifest["action_dim"], num_envs * cars
+    obs_shape = tuple(store.manifest["obs_shape"])
     first = len(store)
     low, high = envs.RANDOM_ACTION_RANGE.get(store.manifest["env"], (-1.0, 1.0))
-    policy = policy or RandomPolicy(num_envs, action_dim, seed=(seed, first), low=low, high=high)
+    policy = policy or RandomPolicy(streams, action_dim, seed=(seed, first), low=low, high=high)
     seeds = [episode_seed(seed, first + k) for k in range(num_envs)]
     started, written, steps, t0 = num_envs, 0, 0, time.perf_counter()
     obs, _ = venv.reset(seed=seeds)
+    obs = obs.reshape(streams, *obs_shape)
     recorders = [_Recorder(o, action_dim) for o in obs]
-    is_first = np.ones(num_envs, bool)
+    is_first = np.ones(streams, bool)
     bar = tqdm(total=episodes, desc="collect", unit="ep", disable=not progress)
     try:
         while written < episodes:
             actions = np.clip(policy.act(obs, is_first), -1.0, 1.0).astype(np.float32)
-            obs, reward, terminated, truncated, _ = venv.step(actions)
-            steps += num_envs
+            obs, reward, terminated, truncated, _ = venv.step(
+                actions.reshape(venv.action_space.shape)
+            )
+            obs, reward = obs.reshape(streams, *obs_shape), reward.reshape(streams)
+            steps += streams
             is_first[:] = False
-            for i in range(num_envs):
-                recorders[i].add(obs[i], actions[i], reward[i], terminated[i])
+            for j in range(streams):
+                recorders[j].add(obs[j], actions[j], reward[j], terminated[j // cars])
             done = terminated | truncated
             if not done.any():
                 continue
             reset_seeds = [None] * num_envs
             for i in np.flatnonzero(done):
-                if seeds[i] is not None and written < episodes:
-                    store.add(recorders[i].episode(), seed=seeds[i])
-                    written += 1
-                    bar.update(1)
+                for j in range(i * cars, (i + 1) * cars):
+                    if seeds[i] is not None and written < episodes:
+                        car = {"car": int(j - i * cars)} if cars > 1 else {}
+                        store.add(recorders[j].episode(), seed=seeds[i], **car)
+                        written += 1
+                        bar.update(1)
                 seeds[i] = reset_seeds[i] = None
-                if started < episodes:
+                if started < -(-episodes // cars):
                     seeds[i] = reset_seeds[i] = episode_seed(seed, first + started)
                     started += 1
             bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - t0):.0f}")
             if written >= episodes:
                 break
             reset_obs, _ = venv.reset(seed=reset_seeds, options={"reset_mask": done})
-            obs[done] = reset_obs[done]
-            for i in np.flatnonzero(done):
-                recorders[i] = _Recorder(obs[i], action_dim)
-            is_first[done] = True
+            obs = obs.reshape(num_envs, -1, *obs_shape)
+            obs[done] = reset_obs.reshape(num_envs, -1, *obs_shape)[done]
+            obs = obs.reshape(streams, *obs_shape)
+            restarted = np.repeat(done, cars)
+            for j in np.flatnonzero(restarted):
+                recorders[j] = _Recorder(obs[j], action_dim)
+            is_first[restarted] = True
     finally:
         bar.close()
         venv.close()

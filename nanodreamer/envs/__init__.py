@@ -1,9 +1,11 @@
 """Environments: `make(name, **options)` returns a Gymnasium env with uint8 HxWxC frames and
 actions normalised to [-1, 1] per dimension.
 
-Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), "dot" (32x32: steer a
-dot to a target; the CPU-scale end-to-end test bed), or any Gymnasium id
-whose observations are images or that renders `rgb_array` frames (resized to `resolution`).
+Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), "multi-car-racing"
+(`num_cars` cars on one track: observations (N,H,W,C), actions (N,2), rewards (N,); each car's
+stream is one episode in a dataset), "dot" (32x32: steer a dot to a target; the CPU-scale
+end-to-end test bed), or any Gymnasium id whose observations are images or that renders
+`rgb_array` frames (resized to `resolution`).
 """
 
 from __future__ import annotations
@@ -13,19 +15,32 @@ import numpy as np
 
 from nanodreamer.envs.car_racing import make_car_racing
 from nanodreamer.envs.dot import DotEnv
+from nanodreamer.envs.multi_car_racing import MultiCarRacing
 from nanodreamer.envs.wrappers import ActionRepeat, ColorChannels, DiscreteAsBins, ResizeImage
 from nanodreamer.errors import UserError
 
-NAMED = {"car-racing": make_car_racing, "dot": DotEnv}
+
+def make_multi_car_racing(max_episode_steps: int = 1000, **options) -> gym.Env:
+    return gym.wrappers.TimeLimit(MultiCarRacing(**options), max_episode_steps)
+
+
+NAMED = {"car-racing": make_car_racing, "dot": DotEnv, "multi-car-racing": make_multi_car_racing}
 
 # The random policy's action range where [-1, 1] explores badly: a car that brakes half the
 # time barely moves, so random car-racing data uses throttle in [-0.3, 1] (mostly gas).
-RANDOM_ACTION_RANGE = {"car-racing": ((-1.0, -0.3), (1.0, 1.0))}
+RANDOM_ACTION_RANGE = {
+    "car-racing": ((-1.0, -0.3), (1.0, 1.0)),
+    "multi-car-racing": ((-1.0, -0.3), (1.0, 1.0)),
+}
 
 
 def make(name: str, *, resolution: int | None = None, action_repeat: int = 1, **options) -> gym.Env:
     """Create environment `name`; `options` go to its constructor (gym.make for Gymnasium ids)."""
     env = NAMED[name](**options) if name in NAMED else _make_gym(name, options)
+    if isinstance(env.unwrapped, MultiCarRacing):  # already per-car frames and actions
+        if resolution not in (None, env.observation_space.shape[1]):
+            raise UserError(f"{name} renders {env.observation_space.shape[1]}px views only")
+        return ActionRepeat(env, action_repeat) if action_repeat != 1 else env
     env = _image_observations(env, name)
     if resolution is not None or env.observation_space.shape[0] != env.observation_space.shape[1]:
         env = ResizeImage(env, resolution or 64)
@@ -33,6 +48,11 @@ def make(name: str, *, resolution: int | None = None, action_repeat: int = 1, **
     if action_repeat != 1:
         env = ActionRepeat(env, action_repeat)
     return env
+
+
+def num_streams(env: gym.Env) -> int:
+    """Frame streams per env step: the number of cars of a multi-car env, else 1."""
+    return getattr(env.unwrapped, "num_cars", 1)
 
 
 def action_bins(env: gym.Env) -> list[int] | None:

@@ -20,7 +20,7 @@ class ActionRepeat(gym.Wrapper):
         total = 0.0
         for _ in range(self.repeat):
             obs, reward, terminated, truncated, info = self.env.step(action)
-            total += float(reward)
+            total = total + reward  # a float, or one per car for multi-car racing
             if terminated or truncated:
                 break
         return obs, total, terminated, truncated, info

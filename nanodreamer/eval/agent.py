@@ -15,7 +15,7 @@ from nanodreamer.data.collect import episode_seed
 from nanodreamer.errors import UserError
 from nanodreamer.eval.pictures import save_video
 from nanodreamer.tokenizer import frames_from_uint8
-from nanodreamer.train.agent import load_agent
+from nanodreamer.train.agent import load_agent, read_agent_run
 from nanodreamer.train.tokenizer import load_tokenizer
 
 
@@ -65,25 +65,32 @@ def run_episodes(
     seed: int = 0,
     video: str | Path | None = None,
     desc: str = "episodes",
-) -> list[float]:
-    """Returns of `episodes` episodes (seeded from `seed`); optionally a video of the first."""
+    opponents=None,
+) -> np.ndarray:
+    """Returns (episodes, cars) of `episodes` episodes seeded from `seed` (cars = 1 unless the
+    env races several); `opponents`, when given, drives every car but the first. Optionally a
+    video of the first episode, all cars' views side by side."""
     env = envs.make(env_name, **env_options)
+    cars = envs.num_streams(env)
     returns, frames = [], []
     for episode in tqdm(range(episodes), desc=desc, unit="ep"):
         obs, _ = env.reset(seed=episode_seed(seed, 10_000 + episode))
-        is_first, total, done = True, 0.0, False
+        is_first, total, done = np.ones(cars, bool), np.zeros(cars), False
         while not done:
+            views = obs.reshape(cars, *obs.shape[-3:])  # (cars, H, W, C)
             if video is not None and episode == 0:
-                frames.append(obs)
-            action = policy.act(obs[None], np.array([is_first]))[0]
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            is_first, done = False, terminated or truncated
+                frames.append(np.concatenate(list(views), axis=1))
+            action = policy.act(views, is_first)
+            if opponents is not None:
+                action[1:] = opponents.act(views[1:], is_first[1:])
+            obs, reward, terminated, truncated, _ = env.step(action.reshape(env.action_space.shape))
+            total += np.asarray(reward).reshape(cars)
+            is_first[:], done = False, terminated or truncated
         returns.append(total)
     env.close()
     if video is not None and frames:
         save_video(video, np.stack(frames), fps=25, scale=2)
-    return returns
+    return np.stack(returns)
 
 
 def evaluate_agent(
@@ -95,37 +102,59 @@ def evaluate_agent(
     video=None,
     mode: bool = False,
     random: bool = True,
-) -> dict[str, float]:
-    """Mean/std return of the agent in the real env, beside a random policy on the same seeds."""
-    policy = AgentPolicy(run, mode=mode)
-    info = policy.info
+    num_cars: int | None = None,
+    opponents: str = "self",
+) -> dict:
+    """Mean/std return of the agent in the real env, beside a random policy on the same seeds.
+
+    In multi-car racing every car counts as an episode; `opponents="random"` races the policy
+    (car 0) against random cars and reports car 0's return. `per_car_return_mean` lists each
+    car's mean return.
+    """
+    info = read_agent_run(run)
     data_env, options = _data_env(info)
     if env_name != data_env:
         raise UserError(
             f"{run} was trained on {data_env!r}, not {env_name!r}: evaluate it on its own env"
         )
+    if num_cars is not None:
+        if env_name != "multi-car-racing":
+            raise UserError("num_cars is for multi-car-racing only")
+        options = options | {"num_cars": num_cars}
+    if opponents not in ("self", "random"):
+        raise UserError(f"opponents must be 'self' or 'random', got {opponents!r}")
     probe = envs.make(env_name, **options)
-    if probe.action_space.shape[0] != policy.model.dynamics.config.action_dim:
+    cars, action_dim = envs.num_streams(probe), probe.action_space.shape[-1]
+    probe.close()
+    policy = AgentPolicy(run, num_envs=cars, mode=mode)
+    if action_dim != policy.model.dynamics.config.action_dim:
         raise UserError(
-            f"{env_name} has {probe.action_space.shape[0]}-D actions, the agent "
+            f"{env_name} has {action_dim}-D actions, the agent "
             f"{policy.model.dynamics.config.action_dim}-D"
         )
-    probe.close()
-    returns = run_episodes(env_name, options, policy, episodes, seed, video, desc="agent")
+    low, high = envs.RANDOM_ACTION_RANGE.get(env_name, (-1.0, 1.0))
+
+    def random_policy(n: int) -> RandomPolicy:
+        return RandomPolicy(n, action_dim, seed=seed, low=low, high=high)
+
+    rivals = random_policy(cars - 1) if opponents == "random" and cars > 1 else None
+    returns = run_episodes(env_name, options, policy, episodes, seed, video, "agent", rivals)
+    scored = returns[:, :1] if rivals is not None else returns
     results = {
-        "return_mean": float(np.mean(returns)),
-        "return_std": float(np.std(returns)),
-        "returns": returns,
+        "return_mean": float(scored.mean()),
+        "return_std": float(scored.std()),
+        "returns": scored.ravel().tolist(),
         "episodes": episodes,
     }
+    if cars > 1:
+        results["per_car_return_mean"] = returns.mean(0).tolist()
     if random:
-        a = policy.model.dynamics.config.action_dim
-        low, high = envs.RANDOM_ACTION_RANGE.get(env_name, (-1.0, 1.0))
-        baseline = RandomPolicy(1, a, seed=seed, low=low, high=high)
-        random_returns = run_episodes(env_name, options, baseline, episodes, seed, desc="random")
+        random_returns = run_episodes(
+            env_name, options, random_policy(cars), episodes, seed, desc="random"
+        )
         results |= {
-            "random_return_mean": float(np.mean(random_returns)),
-            "random_return_std": float(np.std(random_returns)),
+            "random_return_mean": float(random_returns.mean()),
+            "random_return_std": float(random_returns.std()),
         }
     return results
 

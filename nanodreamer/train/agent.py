@@ -75,10 +75,15 @@ class AgentModel(nn.Module):
         return self.features(h)[:, -1]
 
 
-def load_agent(run: str | Path, device="cpu") -> tuple[AgentModel, dict]:
+def read_agent_run(run: str | Path) -> dict:
     info = read_run(run)
     if info.get("phase") not in ("agent", "imagination"):
         raise UserError(f"{run} is a {info.get('phase')} run, but an agent run is needed here")
+    return info
+
+
+def load_agent(run: str | Path, device="cpu") -> tuple[AgentModel, dict]:
+    info = read_agent_run(run)
     model = AgentModel(DynamicsConfig(**info["model_config"]), AgentConfig(**info["agent_config"]))
     load_weights(run, model)
     return model.to(device).eval(), info
