@@ -2,7 +2,9 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser demo test bench
 
 install: $(BIN)/nanodreamer
 
@@ -11,10 +13,15 @@ $(BIN)/nanodreamer: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# headless Chromium for the browser test of `nanodreamer play` (Debian/Ubuntu packages)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 demo: install
 	$(BIN)/nanodreamer demo
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n 2 -q

@@ -11,5 +11,6 @@ if __name__ == "__main__":
     low, high = envs.RANDOM_ACTION_RANGE["multi-car-racing"]
     policy = RandomPolicy(2, 2, seed=0, low=low, high=high)
     options = {"num_cars": 2, "max_episode_steps": 250}
-    returns = run_episodes("multi-car-racing", options, policy, 1, video="docs/multi_car_racing.gif")
+    gif = "docs/multi_car_racing.gif"
+    returns = run_episodes("multi-car-racing", options, policy, 1, video=gif)
     print(f"returns per car: {returns[0].round(1).tolist()}")

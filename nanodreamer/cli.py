@@ -313,6 +313,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, minutes=args.minutes, env=args.env, episodes=args.episodes)
 
 
+def cmd_play(args: argparse.Namespace) -> None:
+    from nanodreamer.play import PlayConfig, serve
+
+    loopback = ("127.0.0.1", "localhost", "::1")
+    if args.host not in loopback and not args.public:
+        raise UserError(
+            f"--host {args.host} would let other machines drive the model: add --public to "
+            "mean it, or keep the default 127.0.0.1"
+        )
+    config = {k: getattr(args, k) for k in ("run", "data", "agent", "host", "port", "fps")}
+    config |= {"max_sessions": args.max_sessions, "steps": args.steps, "device": args.device}
+    serve(PlayConfig(**config, context=args.context))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanodreamer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -436,6 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.set_defaults(func=cmd_imagine)
+
+    p = sub.add_parser("play", help="drive inside a world model in the browser")
+    p.add_argument("--run", required=True, help="dynamics (or agent) run folder")
+    p.add_argument("--data", help="dataset whose episodes give start frames")
+    p.add_argument("--agent", help="agent run that can drive (a toggle on the page)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--public", action="store_true", help="allow a non-loopback --host")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--max-sessions", type=int, default=4, help="browser tabs at once")
+    p.add_argument("--fps", type=float, default=20.0, help="target frames/s")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps per frame")
+    p.add_argument("--context", type=int, default=4, help="real start frames from --data")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
     p.add_argument("--out", default="runs/demo")
