@@ -188,7 +188,7 @@ def cmd_eval_dynamics(args: argparse.Namespace) -> None:
     world = load_world_model(args.run, device, steps=args.steps)
     gif = Path(args.gif) if args.gif else Path(args.run) / "imagination.gif"
     results = evaluate_dynamics(
-        world, args.data, context=args.context, windows=args.windows, gif=gif
+        world, args.data, context=args.context, windows=args.windows, gif=gif, split=args.split
     ) | {"gif": str(gif)}
     if args.json:
         print(json.dumps(results))
@@ -327,6 +327,15 @@ def cmd_play(args: argparse.Namespace) -> None:
     serve(PlayConfig(**config, context=args.context))
 
 
+def add_split_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--split",
+        choices=["val", "all"],
+        default="val",
+        help="all: every episode (for a separate held-out dataset)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanodreamer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -398,12 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--windows", type=int, default=32, help="validation windows to score")
-    p.add_argument(
-        "--split",
-        choices=["val", "all"],
-        default="val",
-        help="all: every episode (for a separate held-out dataset)",
-    )
+    add_split_flag(p)
     p.add_argument("--gif", help="where to write the reconstruction GIF")
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
@@ -414,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--context", type=int, help="real context frames (default min(8, window-1))")
     p.add_argument("--windows", type=int, default=16)
+    add_split_flag(p)
     p.add_argument("--steps", type=int, default=4, help="sampling steps K per frame")
     p.add_argument("--gif", help="where to write the imagination GIF")
     p.add_argument("--device")

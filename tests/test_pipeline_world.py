@@ -39,7 +39,7 @@ def test_latent_cache_matches_tokenizer_and_is_reused(runs):
 def test_eval_dynamics_json(runs, capsys):
     root, data = runs
     capsys.readouterr()
-    cli(f"eval dynamics --run {root}/dyn --data {data} --json --windows 2 --context 4")
+    cli(f"eval dynamics --run {root}/dyn --data {data} --json --windows 2 --context 4 --split all")
     results = json.loads(capsys.readouterr().out)
     keys = "psnr_h1 psnr_h8 baseline_psnr_h8 ceiling_psnr_h8 shuffled_psnr_h8 fps fps_no_cache"
     for key in keys.split():

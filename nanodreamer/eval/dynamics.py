@@ -83,12 +83,14 @@ def evaluate_dynamics(
     windows: int = 16,
     gif: str | Path | None = None,
     quick: bool = False,
+    split: str = "val",
 ) -> dict[str, float]:
-    """Rollout metrics on validation episodes (keys psnr_h1.., baseline_psnr_h.., ceiling_..,
-    shuffled_psnr_h.., fps, fps_no_cache). `quick` skips the shuffled and no-cache runs."""
+    """Rollout metrics on the split's episodes ("all" for a held-out dataset; keys psnr_h1..,
+    baseline_psnr_h.., ceiling_.., shuffled_psnr_h.., fps, fps_no_cache). `quick` skips the
+    shuffled and no-cache runs."""
     horizon = max(HORIZONS)
     context = context or min(8, world.window - 1)
-    batch = rollout_windows(data, context + horizon, windows)
+    batch = rollout_windows(data, context + horizon, windows, split)
     device = world.device
     frames = frames_from_uint8(batch["obs"].to(device))
     actions = batch["action"].to(device)
