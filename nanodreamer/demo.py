@@ -163,4 +163,8 @@ Real-environment return over {a["episodes"]} episodes: imagination-trained polic
 {a["bc_return_mean"]:.1f} ± {a["bc_return_std"]:.1f}, random policy
 {a["random_return_mean"]:.1f} ± {a["random_return_std"]:.1f}. ![agent](agent.gif)
 Imagined rollouts of the policy: `imagination/imagined_policy.gif`.
+
+## Drive it yourself
+`nanodreamer play --run {out}/dynamics --data {out}/data --agent {out}/imagination`, then open
+http://127.0.0.1:8000/ (arrow keys or WASD).
 """
