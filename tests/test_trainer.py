@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -177,3 +178,21 @@ def test_torchrun_two_processes_same_command(data, tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 2 and "val/psnr" in rows[-1]
     assert load_tokenizer(run) is not None
+
+
+class Slow(TokenizerPhase):
+    """Takes 0.6 s per batch: one step overruns a tiny time budget."""
+
+    def batches(self, start_step, env):
+        for batch in super().batches(start_step, env):
+            time.sleep(0.6)
+            yield batch
+
+
+def test_time_budget_overrun_by_one_step_ends_cleanly(data, tmp_path):
+    """The run stops after the step that used up the budget and saves it (the progress bar
+    counts seconds and must survive a step that overshoots its total)."""
+    cfg = replace(TRAIN, steps=100, minutes=1e-3)
+    Trainer(tmp_path / "run", Slow(data, MODEL, cfg), cfg, Distributed()).fit()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["schedule"]["step"] == 1

@@ -270,7 +270,8 @@ class Trainer:
                     if logger:
                         logger.log(self.step, row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", fps=f"{row['frames_per_s']:.0f}")
-                bar.update(time.perf_counter() - tick if by_time else 1)
+                # a step may overrun the budget; tqdm drops a total it has passed
+                bar.update(min(time.perf_counter() - tick, bar.total - bar.n) if by_time else 1)
                 if self.step % cfg.eval_every == 0 or finished:
                     last_eval = self._evaluate(logger)
                 if self.step % cfg.save_every == 0 or finished:
