@@ -195,3 +195,35 @@ def test_racing_copies_of_a_policy_or_against_random_cars(tmp_path):
     mixed = run_episodes("multi-car-racing", options, Scripted(), 2, opponents=rivals)
     np.testing.assert_allclose(mixed[:, 0], own[:, 0], atol=1e-4)  # same car 0, same seeds
     assert (mixed[:, 1] < own[:, 1]).all()  # a braking car visits fewer tiles
+
+
+@pytest.fixture(scope="module")
+def race_agent(tmp_path_factory):
+    """A world model and agent trained for a few steps on 2-car races (the plumbing only)."""
+    from conftest import cli, train_world_model
+
+    root = tmp_path_factory.mktemp("race")
+    options = {"num_cars": 2, "max_episode_steps": 24}  # evaluation rolls out 8 + 16 frames
+    data = collect("multi-car-racing", root / "data", 4, env_options=options, progress=False).path
+    train_world_model(root, data, steps=2)
+    cli(f"train agent --data {data} --world-model {root}/dyn --out {root}/agent --steps 2 "
+        "--seq-len 8")  # fmt: skip
+    return root
+
+
+def test_evaluating_an_agent_in_a_race(race_agent, capsys):
+    from nanodreamer.eval.agent import evaluate_agent
+
+    run = race_agent / "agent"
+    copies = evaluate_agent(run, "multi-car-racing", 2, num_cars=3)
+    assert len(copies["per_car_return_mean"]) == 3 and len(copies["returns"]) == 6
+    assert copies["return_mean"] == pytest.approx(np.mean(copies["returns"]))
+    against = evaluate_agent(run, "multi-car-racing", 2, opponents="random", random=False)
+    assert len(against["returns"]) == 2  # car 0's return per race
+    assert against["returns"] == pytest.approx([against["per_car_return_mean"][0]] * 2, abs=100)
+    main(f"eval agent --run {run} --env multi-car-racing --episodes 1 --json".split())
+    assert "per_car_return_mean" in capsys.readouterr().out
+    with pytest.raises(UserError, match="trained on 'multi-car-racing', not 'car-racing'"):
+        evaluate_agent(run, "car-racing", 1)
+    with pytest.raises(UserError, match="opponents must be"):
+        evaluate_agent(run, "multi-car-racing", 1, opponents="humans")
