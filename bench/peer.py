@@ -33,14 +33,21 @@ PEER_CONFIG = {
     "time_block_every=2, lpips_loss_weight=0)",
     "dynamics": "DynamicsWorldModel(dim=512, dim_latent=16, num_latent_tokens=64, "
     "num_spatial_tokens=64, depth=16, attn_heads=8, attn_dim_head=64, time_block_every=4, "
-    "num_register_tokens=4, max_steps=32, num_continuous_actions=2), trained on latents",
+    "num_register_tokens=4, max_steps=32, num_continuous_actions=2, predict_terminals=False), "
+    "trained on latents",
 }
 DIFFERENCES = [
     "Attention: ours uses grouped-query attention in dynamics (8 query / 2 key-value heads), "
     "the peer full multi-head attention.",
-    "Optimiser: AdamW for both here (the peer's own trainer defaults to Adam-atan2).",
-    "The peer's training loss adds its own extras where enabled by default (e.g. terminal and "
-    "reward heads are idle without reward inputs); LPIPS is off for both.",
+    "Optimiser: AdamW for both, over the parameters the step trains (the peer's own trainer "
+    "defaults to Adam-atan2). The peer's model also holds idle heads (a 90M-parameter "
+    "multi-token reward head among them: 270M parameters in all against its 62M-parameter "
+    "transformer); they take memory but no optimizer state here.",
+    "Dynamics: the peer's forward runs with `add_autoregressive_action_loss=False` (world-model "
+    "phase only, like ours; with it on, dreamer4 0.20.2 fails against the "
+    "discrete-continuous-embed-readout version pip resolves). Its agent token and other default "
+    "extras stay in; reward and terminal heads are idle without reward inputs. LPIPS is off for "
+    "both tokenizers.",
     "Peak memory is the peak RSS of a fresh process per figure (imports included: the peer's "
     "torch 2.14.1 + torchvision CUDA build loads more libraries than our CPU build).",
 ]
@@ -56,7 +63,8 @@ def timed(step, steps: int) -> float:
 
 
 def training_step(model, loss_fn, steps: int) -> float:
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    loss_fn().backward()  # which parameters does this step train? Only those go to AdamW
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.grad is not None], 1e-4)
 
     def step():
         loss = loss_fn()
@@ -103,6 +111,7 @@ def peer_dynamics_model():
         num_register_tokens=4,
         max_steps=32,
         num_continuous_actions=2,
+        predict_terminals=False,
     )
 
 
@@ -111,8 +120,10 @@ def peer_dynamics(steps: int, frames: int) -> float:
     latents = torch.rand(BATCH_DYNAMICS, FRAMES_DYNAMICS, 64, 16) * 2 - 1
     actions = torch.rand(BATCH_DYNAMICS, FRAMES_DYNAMICS, 2) * 2 - 1
 
-    def loss():
-        return model(latents=latents, continuous_actions=actions)
+    def loss():  # dynamics only, like our phase 1b: the peer's BC head stays off
+        return model(
+            latents=latents, continuous_actions=actions, add_autoregressive_action_loss=False
+        )
 
     return training_step(model, loss, steps)
 
