@@ -278,7 +278,10 @@ async def serve_session(ws: web.WebSocketResponse, session: Session, shared: Sha
         period = 1.0 / shared.config.fps
         while session.running and not ws.closed:
             start = time.perf_counter()
-            await send_frame(await run_model(session.step))
+            try:
+                await send_frame(await run_model(session.step))
+            except ConnectionResetError:  # the tab went away mid-frame
+                return
             elapsed = time.perf_counter() - start
             await asyncio.sleep(max(0.0, period - elapsed))
             session.fps = 0.8 * session.fps + 0.2 / max(time.perf_counter() - start, 1e-6)
