@@ -153,10 +153,11 @@ def ours_dynamics_model():
     return Dynamics(DYNAMICS_PRESETS["base"])
 
 
-def ours_dynamics(steps: int, frames: int) -> float:
+def ours_dynamics(steps: int, frames: int, checkpointing: bool = False) -> float:
     from nanodreamer.dynamics import shortcut_forcing_loss
 
     model = ours_dynamics_model()
+    model.transformer.checkpointing = checkpointing  # `--checkpointing` in training
     b, t = BATCH_DYNAMICS, FRAMES_DYNAMICS
     latents = torch.rand(b, t, 64, 16) * 2 - 1
     actions = torch.rand(b, t, 2) * 2 - 1
@@ -164,6 +165,10 @@ def ours_dynamics(steps: int, frames: int) -> float:
     return training_step(
         model, lambda: shortcut_forcing_loss(model, latents, actions, ones, ones)[0], steps
     )
+
+
+def ours_dynamics_checkpointed(steps: int, frames: int) -> float:
+    return ours_dynamics(steps, frames, checkpointing=True)
 
 
 @torch.no_grad()
@@ -186,7 +191,7 @@ MEASURES = {
     f"{who}_{what}": globals()[f"{who}_{what}"]
     for who in ("ours", "peer")
     for what in ("tokenizer", "dynamics", "generation")
-}
+} | {"ours_dynamics_checkpointed": ours_dynamics_checkpointed}
 
 
 def measure(what: str, steps: int, frames: int) -> None:
@@ -241,11 +246,15 @@ def main() -> None:
         for what in MEASURES
     }  # fmt: skip
     rows = []
-    for what, label in (
-        ("tokenizer", f"tokenizer step, batch {BATCH_TOKENIZER} x {FRAMES_TOKENIZER} frames"),
-        ("dynamics", f"dynamics step, batch {BATCH_DYNAMICS} x {FRAMES_DYNAMICS} frames"),
-    ):
-        ours, peer = r[f"ours_{what}"], r[f"peer_{what}"]
+    for ours, peer, label in (
+        ("ours_tokenizer", "peer_tokenizer",
+         f"tokenizer step, batch {BATCH_TOKENIZER} x {FRAMES_TOKENIZER} frames"),
+        ("ours_dynamics", "peer_dynamics",
+         f"dynamics step, batch {BATCH_DYNAMICS} x {FRAMES_DYNAMICS} frames"),
+        ("ours_dynamics_checkpointed", "peer_dynamics",
+         "same, ours with activation checkpointing"),
+    ):  # fmt: skip
+        ours, peer = r[ours], r[peer]
         rows.append(
             f"| {label} | {ours['seconds']:.2f} s, {ours['rss_gib']:.2f} GiB | "
             f"{peer['seconds']:.2f} s, {peer['rss_gib']:.2f} GiB | "
