@@ -139,7 +139,7 @@ class Session:
         template = shared.world
         self.world = WorldModel(template.tokenizer, template.dynamics, steps=template.steps)
         self.action = torch.zeros(1, shared.action_dim)
-        self.policy, self.agent = None, False
+        self.policy, self.agent, self.policy_first = None, False, True
         self.running, self.frames, self.context = False, 0, 0
         self.last_frame: np.ndarray | None = None  # (H,W,C) uint8, what the policy sees
         self.fps = 0.0

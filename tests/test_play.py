@@ -27,6 +27,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("play")
     data = make_store(root / "data", [30, 30, 30], size=16).path
     train_world_model(root, data)
+    cli(f"train agent --data {data} --world-model {root}/dyn --out {root}/agent --steps 2 "
+        "--seq-len 8")  # fmt: skip
     return root, data
 
 
@@ -158,6 +160,23 @@ def test_running_streams_frames_and_unconditioned_start(runs):
             assert status["context"] == min(status["frame"], status["window"])
 
     serve_in_test(runs, check, fps=50)
+
+
+def test_the_agent_can_drive(runs):
+    async def check(http, url, shared):
+        async with http.ws_connect(url + "/ws") as ws:
+            assert (await receive_until(ws, "hello"))["agent"]
+            await receive_until(ws, "status")
+            await ws.send_str('{"type": "agent", "enabled": true}')
+            assert (await receive_until(ws, "status"))["agent"]
+            for _ in range(3):
+                await ws.send_str('{"type": "step"}')
+                status = await receive_until(ws, "status")
+            assert status["frame"] == 3
+            action = status["action"]  # the policy's choice, a bin centre in [-1, 1]
+            assert len(action) == 2 and all(-1 < a < 1 and a != 0 for a in action)
+
+    serve_in_test(runs, check, agent=str(runs[0] / "agent"))
 
 
 def test_public_host_must_be_asked_for(runs, capsys):
