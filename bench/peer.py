@@ -137,14 +137,22 @@ def peer_generation(steps: int, frames: int) -> float:
     return (time.perf_counter() - start) / frames
 
 
-def ours_tokenizer(steps: int, frames: int) -> float:
+def ours_tokenizer(steps: int, frames: int, compiled: bool = False) -> float:
     from dataclasses import replace
 
     from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer
 
     model = Tokenizer(replace(TOKENIZER_PRESETS["base"], window=FRAMES_TOKENIZER))
     video = torch.rand(BATCH_TOKENIZER, FRAMES_TOKENIZER, 3, 96, 96)  # (b, t, c, h, w)
-    return training_step(model, lambda: model.loss(video)[0], steps)
+    loss = lambda: model.loss(video)[0]  # noqa: E731
+    if compiled:  # `--compile` in training; the first call compiles (~45 s on 2 cores)
+        loss = torch.compile(loss)
+        loss()
+    return training_step(model, loss, steps)
+
+
+def ours_tokenizer_compiled(steps: int, frames: int) -> float:
+    return ours_tokenizer(steps, frames, compiled=True)
 
 
 def ours_dynamics_model():
@@ -191,7 +199,10 @@ MEASURES = {
     f"{who}_{what}": globals()[f"{who}_{what}"]
     for who in ("ours", "peer")
     for what in ("tokenizer", "dynamics", "generation")
-} | {"ours_dynamics_checkpointed": ours_dynamics_checkpointed}
+} | {
+    "ours_tokenizer_compiled": ours_tokenizer_compiled,
+    "ours_dynamics_checkpointed": ours_dynamics_checkpointed,
+}
 
 
 def measure(what: str, steps: int, frames: int) -> None:
@@ -249,6 +260,7 @@ def main() -> None:
     for ours, peer, label in (
         ("ours_tokenizer", "peer_tokenizer",
          f"tokenizer step, batch {BATCH_TOKENIZER} x {FRAMES_TOKENIZER} frames"),
+        ("ours_tokenizer_compiled", "peer_tokenizer", "same, ours with torch.compile"),
         ("ours_dynamics", "peer_dynamics",
          f"dynamics step, batch {BATCH_DYNAMICS} x {FRAMES_DYNAMICS} frames"),
         ("ours_dynamics_checkpointed", "peer_dynamics",
