@@ -76,7 +76,7 @@ class Shared:
 
 
 class BadMessage(ValueError):
-    pass
+    """A message from the page that is answered with an error and otherwise ignored."""
 
 
 def parse_message(text: str, action_dim: int, episodes: int) -> dict:

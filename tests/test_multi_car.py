@@ -160,10 +160,13 @@ def test_collect_writes_one_episode_per_car(tmp_path):
 def test_cli_collect_multi_car(tmp_path, capsys):
     out = tmp_path / "mc"
     main(
-        f"collect --env multi-car-racing --num-cars 2 --episodes 2 --out {out} "
+        f"collect --env multi-car-racing --num-cars 2 --episodes 4 --out {out} "
         "--max-episode-steps 5".split()
-    )
-    assert len(EpisodeStore(out)) == 2
+    )  # two races one after the other in one worker: the second starts from a reset
+    entries = EpisodeStore(out).episodes
+    assert [e["car"] for e in entries] == [0, 1, 0, 1]
+    assert entries[0]["seed"] == entries[1]["seed"] != entries[2]["seed"] == entries[3]["seed"]
+    assert all(EpisodeStore(out)[i]["is_first"][0] for i in range(4))
     with pytest.raises(SystemExit):
         main(f"collect --env car-racing --num-cars 2 --episodes 2 --out {tmp_path / 'x'}".split())
     assert "--num-cars is for --env multi-car-racing" in capsys.readouterr().err

@@ -170,10 +170,8 @@ def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> N
             if written >= episodes:
                 break
             reset_obs, _ = venv.reset(seed=reset_seeds, options={"reset_mask": done})
-            obs = obs.reshape(num_envs, -1, *obs_shape)
-            obs[done] = reset_obs.reshape(num_envs, -1, *obs_shape)[done]
-            obs = obs.reshape(streams, *obs_shape)
-            restarted = np.repeat(done, cars)
+            restarted = np.repeat(done, cars)  # the streams of the envs just reset
+            obs[restarted] = reset_obs.reshape(streams, *obs_shape)[restarted]
             for j in np.flatnonzero(restarted):
                 recorders[j] = _Recorder(obs[j], action_dim)
             is_first[restarted] = True

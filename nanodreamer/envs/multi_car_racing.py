@@ -103,8 +103,8 @@ class MultiCarRacing(CarRacing):
         self.reward, self.prev_reward = np.zeros(n), np.zeros(n)
         self.tiles_visited, self.lap_done = np.zeros(n, np.int64), np.zeros(n, bool)
         self.t, self.road_poly = 0.0, []
-        while not self._create_track():
-            pass
+        while not self._create_track():  # the generator fails now and then: draw again
+            continue
         for tile in self.road:
             tile.visited = np.zeros(n, bool)
         self.cars = [self._create_car(i) for i in range(n)]
