@@ -137,12 +137,13 @@ def peer_generation(steps: int, frames: int) -> float:
     return (time.perf_counter() - start) / frames
 
 
-def ours_tokenizer(steps: int, frames: int, compiled: bool = False) -> float:
+def ours_tokenizer(steps: int, frames: int, compiled=False, checkpointing=False) -> float:
     from dataclasses import replace
 
     from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer
 
     model = Tokenizer(replace(TOKENIZER_PRESETS["base"], window=FRAMES_TOKENIZER))
+    model.encoder.checkpointing = model.decoder.checkpointing = checkpointing
     video = torch.rand(BATCH_TOKENIZER, FRAMES_TOKENIZER, 3, 96, 96)  # (b, t, c, h, w)
     loss = lambda: model.loss(video)[0]  # noqa: E731
     if compiled:  # `--compile` in training; the first call compiles (~45 s on 2 cores)
@@ -153,6 +154,10 @@ def ours_tokenizer(steps: int, frames: int, compiled: bool = False) -> float:
 
 def ours_tokenizer_compiled(steps: int, frames: int) -> float:
     return ours_tokenizer(steps, frames, compiled=True)
+
+
+def ours_tokenizer_checkpointed(steps: int, frames: int) -> float:
+    return ours_tokenizer(steps, frames, compiled=True, checkpointing=True)
 
 
 def ours_dynamics_model():
@@ -201,6 +206,7 @@ MEASURES = {
     for what in ("tokenizer", "dynamics", "generation")
 } | {
     "ours_tokenizer_compiled": ours_tokenizer_compiled,
+    "ours_tokenizer_checkpointed": ours_tokenizer_checkpointed,
     "ours_dynamics_checkpointed": ours_dynamics_checkpointed,
 }
 
@@ -261,6 +267,8 @@ def main() -> None:
         ("ours_tokenizer", "peer_tokenizer",
          f"tokenizer step, batch {BATCH_TOKENIZER} x {FRAMES_TOKENIZER} frames"),
         ("ours_tokenizer_compiled", "peer_tokenizer", "same, ours with torch.compile"),
+        ("ours_tokenizer_checkpointed", "peer_tokenizer",
+         "same, ours compiled + activation checkpointing"),
         ("ours_dynamics", "peer_dynamics",
          f"dynamics step, batch {BATCH_DYNAMICS} x {FRAMES_DYNAMICS} frames"),
         ("ours_dynamics_checkpointed", "peer_dynamics",

@@ -117,17 +117,12 @@ def train_config(args: argparse.Namespace, preset) -> TrainConfig:
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
-    from nanodreamer.data import EpisodeStore
     from nanodreamer.tokenizer import TOKENIZER_PRESETS, load_perceptual
-    from nanodreamer.train.tokenizer import TRAIN_PRESETS, TokenizerPhase
+    from nanodreamer.train.tokenizer import TRAIN_PRESETS, TokenizerPhase, tokenizer_config_for
 
     cfg = train_config(args, TRAIN_PRESETS[args.preset])
-    height, _, channels = EpisodeStore(args.data).manifest["obs_shape"]
-    config = replace(
-        TOKENIZER_PRESETS[args.preset], window=cfg.seq_len, image_size=height, channels=channels
-    )
-    if args.patch:
-        config = replace(config, patch=args.patch)
+    preset = TOKENIZER_PRESETS[args.preset]
+    config = tokenizer_config_for(args.data, preset, cfg.seq_len, args.patch)
 
     def phase(env):
         tokenizer_phase = TokenizerPhase(args.data, config, cfg)
@@ -174,8 +169,12 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
             encode_dataset(args.data, args.tokenizer, env.device)
         env.barrier()
         latents = encode_dataset(args.data, args.tokenizer, env.device)
-        config = dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset])
-        return DynamicsPhase(args.data, args.tokenizer, replace(config, window=cfg.seq_len), cfg)
+        config = replace(
+            dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset]), window=cfg.seq_len
+        )
+        if args.independent_frac is not None:
+            config = replace(config, independent_frac=args.independent_frac)
+        return DynamicsPhase(args.data, args.tokenizer, config, cfg)
 
     _fit(phase, cfg, args)
 
@@ -269,7 +268,11 @@ def cmd_train_imagination(args: argparse.Namespace) -> None:
     from nanodreamer.train.agent import IMAGINATION_TRAIN, ImaginationPhase
 
     cfg = train_config(args, IMAGINATION_TRAIN)
-    _fit(lambda env: ImaginationPhase(args.run, cfg, horizon=args.horizon), cfg, args)
+    _fit(
+        lambda env: ImaginationPhase(args.run, cfg, horizon=args.horizon, gamma=args.gamma),
+        cfg,
+        args,
+    )
 
 
 def _fit(make_phase, cfg: TrainConfig, args: argparse.Namespace) -> dict:
@@ -375,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("tokenizer", help="phase 1a: the causal masked-autoencoder tokenizer")
     add_train_flags(p, TOKENIZER_PRESETS)
     p.add_argument("--lpips", help="perceptual loss: 'lpips' (package) or an exported .pt2 file")
-    p.add_argument("--patch", type=int, help="patch size (default: the preset's, 8)")
+    p.add_argument(
+        "--patch", type=int, help="patch size (default: the preset's, 8; 4 for frames under 64 px)"
+    )
     p.set_defaults(func=cmd_train_tokenizer)
 
     from nanodreamer.dynamics import DYNAMICS_PRESETS
@@ -385,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="tokenizer run folder")
     p.add_argument(
         "--long-seq-len", type=int, help="every 8th step's window length (default 2x; 0 = off)"
+    )
+    p.add_argument(
+        "--independent-frac",
+        type=float,
+        help="windows trained as separate images (default 0.3; 0 puts all into dynamics)",
     )
     p.set_defaults(func=cmd_train_dynamics)
 
@@ -398,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(p)
     p.add_argument("--run", required=True, help="agent (phase 2) run folder")
     p.add_argument("--horizon", type=int, default=16, help="imagined steps per rollout")
+    p.add_argument(
+        "--gamma", type=float, default=0.997, help="discount (short episodes: lower, e.g. 0.9)"
+    )
     p.set_defaults(func=cmd_train_imagination)
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(

@@ -77,13 +77,10 @@ def _budget(cfg: TrainConfig, minutes: float) -> TrainConfig:
 
 def _tokenizer(data: Path, run: Path, preset: str, minutes: float, device) -> dict:
     from nanodreamer.tokenizer import TOKENIZER_PRESETS
-    from nanodreamer.train.tokenizer import TRAIN_PRESETS, TokenizerPhase
+    from nanodreamer.train.tokenizer import TRAIN_PRESETS, TokenizerPhase, tokenizer_config_for
 
     cfg = _budget(TRAIN_PRESETS[preset], minutes)
-    height, _, channels = EpisodeStore(data).manifest["obs_shape"]
-    config = replace(
-        TOKENIZER_PRESETS[preset], window=cfg.seq_len, image_size=height, channels=channels
-    )
+    config = tokenizer_config_for(data, TOKENIZER_PRESETS[preset], cfg.seq_len)
     return _train(run, TokenizerPhase(data, config, cfg), cfg, device)
 
 

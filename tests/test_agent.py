@@ -101,20 +101,26 @@ def test_policy_distribution_helpers():
 def test_dot_env_rewards_and_spaces():
     env = envs.make("dot")
     obs, _ = env.reset(seed=0)
-    assert obs.shape == (32, 32, 3) and env.action_space.shape == (2,)
+    assert obs.shape == (16, 16, 3) and env.action_space.shape == (2,)
     u = env.unwrapped
-    toward = np.clip((u.target - u.dot) / 2, -1, 1).astype(np.float32)
+    toward = np.sign(u.target - u.dot)[::-1].astype(np.float32)  # (x, y) = (column, row)
     _, closer, *_ = env.step(toward)
     env.reset(seed=0)
     _, away, *_ = env.step(-toward)
     assert closer > away and closer <= 0
-    steps = 0
+    start = u.dot.copy()
+    env.step(np.array([0.2, -0.25], np.float32))  # inside the dead zone: no move
+    assert (u.dot == start).all()
+    for _ in range(4):
+        env.step(np.array([1.0, 1.0], np.float32))
+    assert (u.dot == 3).all()  # stops at the grid's edge
+    steps = 6
     done = False
     while not done:
         *_, terminated, truncated, _ = env.step(env.action_space.sample())
         steps += 1
         done = terminated or truncated
-    assert steps == 99  # one step was taken before
+    assert steps == 50
 
 
 @pytest.fixture(scope="module")

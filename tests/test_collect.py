@@ -11,6 +11,7 @@ import pytest
 from nanodreamer import envs
 from nanodreamer.cli import main
 from nanodreamer.data import EpisodeStore, RandomPolicy, collect, verify
+from nanodreamer.data.collect import random_policy
 from nanodreamer.errors import UserError
 
 SHORT = {"max_episode_steps": 40}
@@ -49,6 +50,16 @@ def test_random_policy_holds_actions():
     assert np.abs(actions).max() <= 1
     changes = (np.diff(actions, axis=0) != 0).any(1).sum()
     assert 199 / 4 <= changes <= 199 / 1.5
+
+
+def test_random_policy_per_env():
+    """Car racing: held actions, mostly throttle; dot: a fresh action every step."""
+    car = random_policy("car-racing", 1, 2, seed=0)
+    dot = random_policy("dot", 1, 2, seed=0)
+    car_actions = np.stack([car.act(None, np.array([t == 0]))[0] for t in range(100)])
+    dot_actions = np.stack([dot.act(None, np.array([t == 0]))[0] for t in range(100)])
+    assert car_actions[:, 1].min() >= -0.3 and (np.diff(car_actions, axis=0) == 0).all(1).any()
+    assert (np.diff(dot_actions, axis=0) != 0).all()
 
 
 def test_cli_collect_then_info(tmp_path, capsys):

@@ -2,10 +2,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import TINY_TOKENIZER
+from conftest import TINY_TOKENIZER, make_store
 
 from nanodreamer.errors import UserError
 from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer
+from nanodreamer.train.tokenizer import tokenizer_config_for
 
 TINY = replace(TINY_TOKENIZER, window=3)
 
@@ -150,6 +151,18 @@ def test_perceptual_term_with_stand_in_network(tmp_path):
 def test_presets_build():
     assert TOKENIZER_PRESETS["base"].n_patches == 144
     assert TOKENIZER_PRESETS["base"].n_latents == 64 and TOKENIZER_PRESETS["base"].dim == 256
+
+
+@pytest.mark.parametrize(
+    "size, patch, expected",
+    [(96, None, (8, 16, 0.9)), (16, None, (4, 4, 0.5)), (16, 2, (2, 16, 0.5))],
+)
+def test_config_sized_to_the_frames(tmp_path, size, patch, expected):
+    """(patch, n_latents, mask_max) of the tiny preset on frames of `size` pixels."""
+    data = make_store(tmp_path / "data", [5], size=size).path
+    config = tokenizer_config_for(data, TOKENIZER_PRESETS["tiny"], window=4, patch=patch)
+    assert (config.patch, config.n_latents, config.mask_max) == expected
+    assert (config.image_size, config.channels, config.window) == (size, 3, 4)
 
 
 def squares(n: int, generator: torch.Generator) -> torch.Tensor:

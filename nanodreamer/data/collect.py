@@ -51,6 +51,13 @@ class RandomPolicy:
         return self.action.copy()
 
 
+def random_policy(env: str, num_envs: int, action_dim: int, seed=0) -> RandomPolicy:
+    """The random policy that collects `env`'s data (and is its evaluation baseline)."""
+    low, high = envs.RANDOM_ACTION_RANGE.get(env, (-1.0, 1.0))
+    hold = envs.RANDOM_HOLD.get(env, 8)
+    return RandomPolicy(num_envs, action_dim, hold=hold, seed=seed, low=low, high=high)
+
+
 def episode_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
@@ -131,8 +138,7 @@ def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> N
     action_dim, streams = store.manifest["action_dim"], num_envs * cars
     obs_shape = tuple(store.manifest["obs_shape"])
     first = len(store)
-    low, high = envs.RANDOM_ACTION_RANGE.get(store.manifest["env"], (-1.0, 1.0))
-    policy = policy or RandomPolicy(streams, action_dim, seed=(seed, first), low=low, high=high)
+    policy = policy or random_policy(store.manifest["env"], streams, action_dim, (seed, first))
     seeds = [episode_seed(seed, first + k) for k in range(num_envs)]
     started, written, steps, t0 = num_envs, 0, 0, time.perf_counter()
     obs, _ = venv.reset(seed=seeds)

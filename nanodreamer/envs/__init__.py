@@ -3,7 +3,7 @@ actions normalised to [-1, 1] per dimension.
 
 Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), "multi-car-racing"
 (`num_cars` cars on one track: observations (N,H,W,C), actions (N,2), rewards (N,); each car's
-stream is one episode in a dataset), "dot" (32x32: steer a dot to a target; the CPU-scale
+stream is one episode in a dataset), "dot" (16x16: steer a dot to a target on a grid; the CPU-scale
 end-to-end test bed), or any Gymnasium id whose observations are images or that renders
 `rgb_array` frames (resized to `resolution`).
 """
@@ -32,6 +32,10 @@ RANDOM_ACTION_RANGE = {
     "car-racing": ((-1.0, -0.3), (1.0, 1.0)),
     "multi-car-racing": ((-1.0, -0.3), (1.0, 1.0)),
 }
+# How many steps the random policy holds an action at most (default 8, so a car really turns).
+# On the dot's small grid held actions pin the dot to a wall: fresh actions every step make
+# a random walk that visits every cell and move.
+RANDOM_HOLD = {"dot": 1}
 
 
 def make(name: str, *, resolution: int | None = None, action_repeat: int = 1, **options) -> gym.Env:

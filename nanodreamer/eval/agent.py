@@ -10,8 +10,7 @@ from tqdm.auto import tqdm
 
 from nanodreamer import envs
 from nanodreamer.agent import sample_action
-from nanodreamer.data import RandomPolicy
-from nanodreamer.data.collect import episode_seed
+from nanodreamer.data.collect import episode_seed, random_policy
 from nanodreamer.errors import UserError
 from nanodreamer.eval.pictures import save_video
 from nanodreamer.tokenizer import frames_from_uint8
@@ -132,12 +131,11 @@ def evaluate_agent(
             f"{env_name} has {action_dim}-D actions, the agent "
             f"{policy.model.dynamics.config.action_dim}-D"
         )
-    low, high = envs.RANDOM_ACTION_RANGE.get(env_name, (-1.0, 1.0))
-
-    def random_policy(n: int) -> RandomPolicy:
-        return RandomPolicy(n, action_dim, seed=seed, low=low, high=high)
-
-    rivals = random_policy(cars - 1) if opponents == "random" and cars > 1 else None
+    rivals = (
+        random_policy(env_name, cars - 1, action_dim, seed)
+        if opponents == "random" and cars > 1
+        else None
+    )
     returns = run_episodes(env_name, options, policy, episodes, seed, video, "agent", rivals)
     scored = returns[:, :1] if rivals is not None else returns
     results = {
@@ -150,7 +148,12 @@ def evaluate_agent(
         results["per_car_return_mean"] = returns.mean(0).tolist()
     if random:
         random_returns = run_episodes(
-            env_name, options, random_policy(cars), episodes, seed, desc="random"
+            env_name,
+            options,
+            random_policy(env_name, cars, action_dim, seed),
+            episodes,
+            seed,
+            desc="random",
         )
         results |= {
             "random_return_mean": float(random_returns.mean()),

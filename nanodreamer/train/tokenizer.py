@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -65,6 +65,25 @@ class TokenizerPhase:
 
     def run_info(self) -> dict:
         return {"model_config": asdict(self.config), "data": str(self.data)}
+
+
+def tokenizer_config_for(
+    data: str | Path, preset: TokenizerConfig, window: int, patch: int | None = None
+) -> TokenizerConfig:
+    """The preset, sized to the dataset's frames.
+
+    Frames under 64 pixels get 4-pixel patches (unless `patch` says otherwise), at most one
+    latent per 4 patches (a 16x16 frame: 16 patches, 4 latents) and masking of at most half
+    the patches. A small code lets the dynamics model learn a tiny scene's motion in minutes;
+    with only 16 patches, masking up to 90% leaves too little of the frame to learn from."""
+    height, _, channels = EpisodeStore(data).manifest["obs_shape"]
+    config = replace(preset, image_size=height, channels=channels, window=window)
+    if height < 64:
+        config = replace(config, patch=patch or 4, mask_max=min(preset.mask_max, 0.5))
+        config = replace(config, n_latents=min(preset.n_latents, max(1, config.n_patches // 4)))
+    elif patch:
+        config = replace(config, patch=patch)
+    return config
 
 
 def check_dataset_matches(data: Path, config: TokenizerConfig) -> None:
