@@ -1,0 +1,16 @@
+import json
+
+from nanodreamer.demo import run_demo
+
+
+def test_demo_leaves_a_complete_folder(tmp_path):
+    """The README's main command, on the dot world with a seconds-long budget: every phase
+    runs and the folder holds what the summary points to."""
+    out = tmp_path / "demo"
+    results = run_demo(out, minutes=0.15, env="dot", episodes=4, max_episode_steps=30, workers=1)
+    real_env = results["agent"]["real_env"]
+    assert {"return_mean", "random_return_mean", "bc_return_mean"} <= set(real_env)
+    assert json.loads((out / "metrics.json").read_text())["agent"]["real_env"] == real_env
+    for name in ("summary.md", "imagination.gif", "agent.gif", "tokenizer/reconstruction.gif"):
+        assert (out / name).stat().st_size > 0, name
+    assert "nanodreamer play --run" in (out / "summary.md").read_text()
