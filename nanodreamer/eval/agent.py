@@ -131,11 +131,11 @@ def evaluate_agent(
             f"{env_name} has {action_dim}-D actions, the agent "
             f"{policy.model.dynamics.config.action_dim}-D"
         )
-    rivals = (
-        random_policy(env_name, cars - 1, action_dim, seed)
-        if opponents == "random" and cars > 1
-        else None
-    )
+
+    def random_for(streams: int):
+        return random_policy(env_name, streams, action_dim, seed)
+
+    rivals = random_for(cars - 1) if opponents == "random" and cars > 1 else None
     returns = run_episodes(env_name, options, policy, episodes, seed, video, "agent", rivals)
     scored = returns[:, :1] if rivals is not None else returns
     results = {
@@ -148,12 +148,7 @@ def evaluate_agent(
         results["per_car_return_mean"] = returns.mean(0).tolist()
     if random:
         random_returns = run_episodes(
-            env_name,
-            options,
-            random_policy(env_name, cars, action_dim, seed),
-            episodes,
-            seed,
-            desc="random",
+            env_name, options, random_for(cars), episodes, seed, desc="random"
         )
         results |= {
             "random_return_mean": float(random_returns.mean()),

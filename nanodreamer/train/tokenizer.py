@@ -78,12 +78,11 @@ def tokenizer_config_for(
     with only 16 patches, masking up to 90% leaves too little of the frame to learn from."""
     height, _, channels = EpisodeStore(data).manifest["obs_shape"]
     config = replace(preset, image_size=height, channels=channels, window=window)
-    if height < 64:
-        config = replace(config, patch=patch or 4, mask_max=min(preset.mask_max, 0.5))
-        config = replace(config, n_latents=min(preset.n_latents, max(1, config.n_patches // 4)))
-    elif patch:
-        config = replace(config, patch=patch)
-    return config
+    if height >= 64:
+        return replace(config, patch=patch) if patch else config
+    patch = patch or 4
+    latents = min(preset.n_latents, max(1, (height // patch) ** 2 // 4))
+    return replace(config, patch=patch, n_latents=latents, mask_max=min(preset.mask_max, 0.5))
 
 
 def check_dataset_matches(data: Path, config: TokenizerConfig) -> None:
