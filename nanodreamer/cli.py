@@ -108,7 +108,8 @@ def train_config(args: argparse.Namespace, preset) -> TrainConfig:
         "workers": args.workers,
         "eval_every": args.eval_every,
         "compile": args.compile or None,
-        "checkpointing": args.checkpointing or None,
+        "checkpointing": args.checkpointing,
+        "memory_budget": args.memory_budget,
         "ema": args.ema,
         "tensorboard": False if args.no_tensorboard else None,
         "wandb": args.wandb or None,
@@ -250,7 +251,20 @@ def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
     p.add_argument("--eval-every", type=int)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument(
+        "--checkpointing",
+        nargs="?",
+        const="full",
+        choices=["none", "selective", "full"],
+        help="activation checkpointing: rerun each block (full, the flag alone) or only its "
+        "cheap ops (selective: keeps matmul and attention outputs)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        help="with --compile: share (0-1] of the activations to keep; torch.compile "
+        "recomputes the cheapest of the rest",
+    )
     p.add_argument("--ema", type=float, help="EMA decay of evaluated/exported weights")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases")

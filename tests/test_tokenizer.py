@@ -190,3 +190,28 @@ def test_learns_where_a_small_object_is():
     mean_frame = -10 * torch.log10((test - test.mean(0)).pow(2).mean())
     psnr = -10 * torch.log10((recon - test).pow(2).mean())
     assert psnr > mean_frame + 1.0, (psnr, mean_frame)
+
+
+def test_checkpointing_changes_memory_not_maths():
+    """Each checkpointing mode gives the same loss and gradients; selective reruns no matmul
+    in the backward pass (the same FLOPs as no checkpointing), full reruns every block."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = Tokenizer(TINY).train()
+    frames = torch.rand(2, 3, 3, 16, 16)
+    results = {}
+    for mode in ("none", "selective", "full"):
+        model.encoder.checkpointing = model.decoder.checkpointing = mode
+        model.zero_grad()
+        torch.manual_seed(1)  # the same MAE masks
+        loss = model.loss(frames)[0]
+        with FlopCounterMode(display=False) as flops:
+            loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results[mode] = loss.detach(), grads, flops.get_total_flops()
+    loss, grads, flops = results["none"]
+    for mode in ("selective", "full"):
+        torch.testing.assert_close(results[mode][0], loss, rtol=0, atol=0)
+        torch.testing.assert_close(results[mode][1], grads, rtol=1e-6, atol=1e-7)
+    assert results["selective"][2] == flops < results["full"][2]

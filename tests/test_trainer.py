@@ -196,3 +196,34 @@ def test_time_budget_overrun_by_one_step_ends_cleanly(data, tmp_path):
     Trainer(tmp_path / "run", Slow(data, MODEL, cfg), cfg, Distributed()).fit()
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert state["schedule"]["step"] == 1
+
+
+@pytest.mark.parametrize(
+    "plain, lean",
+    [
+        ({}, {"checkpointing": "selective"}),
+        ({"compile": True}, {"compile": True, "memory_budget": 0.5}),
+    ],
+    ids=["selective-checkpointing", "compile-memory-budget"],
+)
+def test_memory_options_train_the_same_model(data, tmp_path, plain, lean):
+    """Selective checkpointing and a compiled step under a memory budget keep fewer
+    activations and recompute the rest (the random MAE masks included): the losses stay."""
+    cfg = replace(TRAIN, steps=3, eval_every=100, save_every=100)
+    fit(data, tmp_path / "plain", replace(cfg, **plain))
+    fit(data, tmp_path / "lean", replace(cfg, **lean))
+    assert losses(tmp_path / "lean") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"checkpointing": "some"}, "checkpointing 'some' is unknown"),
+        ({"memory_budget": 0.5}, "add --compile"),
+        ({"compile": True, "memory_budget": 1.5}, r"must lie in \(0, 1\]"),
+    ],
+)
+def test_memory_options_refused(data, tmp_path, options, message):
+    cfg = replace(TRAIN, **options)
+    with pytest.raises(UserError, match=message):
+        Trainer(tmp_path / "run", TokenizerPhase(data, MODEL, cfg), cfg, Distributed())

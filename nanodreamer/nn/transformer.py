@@ -9,11 +9,17 @@ position, with RoPE-1D over frame positions and a bounded look-back `window`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+    noop_context_fn,
+)
 
 from nanodreamer.nn.attention import Attention, KVCache, rope_angles
 
@@ -52,6 +58,33 @@ class TokenLayout:
         ids = self.modality_ids()
         mask = allowed[ids[:, None], ids[None, :]]
         return None if mask.all() else mask
+
+
+_aten = torch.ops.aten
+# What selective checkpointing keeps: the outputs of matmuls and attention, the ops that are
+# expensive to redo. Norms, SiLU, RoPE and residual adds are recomputed in the backward pass.
+_EXPENSIVE_OPS = {
+    _aten.mm.default,
+    _aten.addmm.default,
+    _aten.bmm.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+}
+
+
+def _keep_expensive(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _EXPENSIVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+# Activation checkpointing of each block: "none" keeps every activation for the backward pass,
+# "full" keeps only block inputs and reruns each block, "selective" reruns only cheap ops.
+CHECKPOINTING = {
+    "none": None,
+    "selective": partial(create_selective_checkpoint_contexts, _keep_expensive),
+    "full": noop_context_fn,
+}
 
 
 class SwiGLU(nn.Module):
@@ -116,7 +149,7 @@ class AxialTransformer(nn.Module):
         # layout and sparse scenes collapse to the mean frame for thousands of steps.
         self.space_bias = nn.Parameter(torch.randn(heads, layout.size, layout.size) * 2.0)
         self.head_dim = dim // heads
-        self.checkpointing = False
+        self.checkpointing = "none"  # a key of CHECKPOINTING
 
     def forward(
         self,
@@ -147,8 +180,9 @@ class AxialTransformer(nn.Module):
                 kwargs = dict(time_kwargs, past=cache.get(i) if cache else None)
             else:
                 kwargs = {"mask": space_mask}
-            if self.checkpointing and self.training:
-                x, kv = checkpoint(block, x, use_reentrant=False, **kwargs)
+            context_fn = CHECKPOINTING[self.checkpointing] if self.training else None
+            if context_fn:
+                x, kv = checkpoint(block, x, use_reentrant=False, context_fn=context_fn, **kwargs)
             else:
                 x, kv = block(x, **kwargs)
             if block.time and cache is not None and update_cache:

@@ -19,11 +19,12 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch._functorch.config as compile_config
 from torch import nn
 from tqdm.auto import tqdm
 
 from nanodreamer.errors import UserError
-from nanodreamer.nn.transformer import AxialTransformer
+from nanodreamer.nn.transformer import CHECKPOINTING, AxialTransformer
 from nanodreamer.train import checkpoint as ckpt
 from nanodreamer.train.distributed import Distributed, max_over_ranks, mean_over_ranks
 from nanodreamer.train.logger import MetricsLogger
@@ -48,7 +49,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     compile: bool = False
-    checkpointing: bool = False
+    checkpointing: str = "none"  # activation checkpointing: none, selective or full
+    memory_budget: float = 1.0  # with compile: keep this share of activations, recompute the rest
     ema: float = 0.0  # EMA decay of the weights used for evaluation and export; 0 = off
     tensorboard: bool = True
     wandb: bool = False
@@ -129,9 +131,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _check_memory_options(cfg: TrainConfig) -> None:
+    if cfg.checkpointing not in CHECKPOINTING:
+        raise UserError(
+            f"checkpointing {cfg.checkpointing!r} is unknown: use one of {', '.join(CHECKPOINTING)}"
+        )
+    if not 0 < cfg.memory_budget <= 1:
+        raise UserError(f"memory budget {cfg.memory_budget} must lie in (0, 1]")
+    if cfg.memory_budget < 1 and not cfg.compile:
+        raise UserError("--memory-budget is a torch.compile setting: add --compile")
+
+
 class Trainer:
     def __init__(self, run: str | Path, phase: Phase, cfg: TrainConfig, env: Distributed):
         self.run, self.phase, self.cfg, self.env = Path(run), phase, cfg, env
+        _check_memory_options(cfg)
         self.model = phase.model
         self.objective = phase.objective.to(env.device)
         for module in self.objective.modules():
@@ -162,6 +176,8 @@ class Trainer:
             )
         if cfg.compile:
             self.train_step = torch.compile(self.train_step)
+        # torch.compile's partitioner reads the budget when it compiles, at the first step
+        self.compile_options = compile_config.patch(activation_memory_budget=cfg.memory_budget)
         self.autocast = torch.autocast(
             env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda"
         )
@@ -249,7 +265,7 @@ class Trainer:
                 lr = learning_rate(cfg, self.progress(), self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                with self.autocast:
+                with self.autocast, self.compile_options:
                     loss, metrics = self.train_step(batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
