@@ -203,12 +203,14 @@ def test_time_budget_overrun_by_one_step_ends_cleanly(data, tmp_path):
     [
         ({}, {"checkpointing": "selective"}),
         ({"compile": True}, {"compile": True, "memory_budget": 0.5}),
+        ({"compile": True}, {"compile": True, "checkpointing": "full"}),
     ],
-    ids=["selective-checkpointing", "compile-memory-budget"],
+    ids=["selective-checkpointing", "compile-memory-budget", "compile-full-checkpointing"],
 )
 def test_memory_options_train_the_same_model(data, tmp_path, plain, lean):
-    """Selective checkpointing and a compiled step under a memory budget keep fewer
-    activations and recompute the rest (the random MAE masks included): the losses stay."""
+    """Selective checkpointing, a compiled step under a memory budget and a compiled step with
+    full checkpointing keep fewer activations and recompute the rest (the random MAE masks
+    included): the losses stay."""
     cfg = replace(TRAIN, steps=3, eval_every=100, save_every=100)
     fit(data, tmp_path / "plain", replace(cfg, **plain))
     fit(data, tmp_path / "lean", replace(cfg, **lean))

@@ -18,7 +18,6 @@ from torch.utils.checkpoint import (
     CheckpointPolicy,
     checkpoint,
     create_selective_checkpoint_contexts,
-    noop_context_fn,
 )
 
 from nanodreamer.nn.attention import Attention, KVCache, rope_angles
@@ -78,12 +77,13 @@ def _keep_expensive(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in _EXPENSIVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-# Activation checkpointing of each block: "none" keeps every activation for the backward pass,
-# "full" keeps only block inputs and reruns each block, "selective" reruns only cheap ops.
+# Activation checkpointing of each block, as options of `checkpoint`: "none" keeps every
+# activation for the backward pass, "full" keeps only block inputs and reruns each block,
+# "selective" reruns only cheap ops.
 CHECKPOINTING = {
     "none": None,
-    "selective": partial(create_selective_checkpoint_contexts, _keep_expensive),
-    "full": noop_context_fn,
+    "selective": {"context_fn": partial(create_selective_checkpoint_contexts, _keep_expensive)},
+    "full": {},
 }
 
 
@@ -180,9 +180,9 @@ class AxialTransformer(nn.Module):
                 kwargs = dict(time_kwargs, past=cache.get(i) if cache else None)
             else:
                 kwargs = {"mask": space_mask}
-            context_fn = CHECKPOINTING[self.checkpointing] if self.training else None
-            if context_fn:
-                x, kv = checkpoint(block, x, use_reentrant=False, context_fn=context_fn, **kwargs)
+            options = CHECKPOINTING[self.checkpointing] if self.training else None
+            if options is not None:
+                x, kv = checkpoint(block, x, use_reentrant=False, **options, **kwargs)
             else:
                 x, kv = block(x, **kwargs)
             if block.time and cache is not None and update_cache:
