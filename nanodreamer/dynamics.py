@@ -215,17 +215,18 @@ def shortcut_forcing_loss(
     k, tau, independent = n["step_index"], n["tau"], n["independent"]
     k_max = int(math.log2(c.max_steps))
     zt = (1 - tau[..., None, None]) * n["z0"] + tau[..., None, None] * z1
-    pred, h = model(zt, tau, k, action, has_action, task=task, independent=independent)
-
     flow = k == k_max  # (B,T)
-    err = (pred.float() - z1.float()).pow(2).mean((2, 3))  # flow error per frame
-    if (~flow).any():
+    bootstrap = (~flow).any()
+    if bootstrap:  # the teachers run first, while no activations are held for the backward
         rows = (~flow).any(1).nonzero().squeeze(1)
         target_velocity = _bootstrap_velocity(
             model,
             *(x[rows] for x in (zt, tau, k, action, has_action, independent, ~flow)),
             task=None if task is None else task[rows],
         )
+    pred, h = model(zt, tau, k, action, has_action, task=task, independent=independent)
+    err = (pred.float() - z1.float()).pow(2).mean((2, 3))  # flow error per frame
+    if bootstrap:
         velocity = (pred[rows].float() - zt[rows].float()) / (1 - tau[rows])[..., None, None]
         boot_err = (1 - tau[rows]) ** 2 * (velocity - target_velocity).pow(2).mean((2, 3))
         err = err.index_put((rows,), torch.where(flow[rows], err[rows], boot_err))

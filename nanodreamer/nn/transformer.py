@@ -60,21 +60,26 @@ class TokenLayout:
 
 
 _aten = torch.ops.aten
-# What selective checkpointing keeps: the outputs of matmuls and attention, the ops that are
-# expensive to redo. Norms, SiLU, RoPE and residual adds are recomputed in the backward pass.
-_EXPENSIVE_OPS = {
-    _aten.mm.default,
-    _aten.addmm.default,
-    _aten.bmm.default,
+_LINEAR = {_aten.mm.default, _aten.addmm.default}
+_ATTENTION = {  # the fused kernels, and bmm: scores and outputs of the unfused (math) path
     _aten._scaled_dot_product_flash_attention_for_cpu.default,
     _aten._scaled_dot_product_flash_attention.default,
     _aten._scaled_dot_product_efficient_attention.default,
     _aten._scaled_dot_product_cudnn_attention.default,
+    _aten.bmm.default,
 }
 
 
 def _keep_expensive(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in _EXPENSIVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+    """Selective checkpointing keeps what attention and linear layers computed, the ops that
+    are expensive to redo, except layers that narrow their input (the MLP's down projection):
+    their output only joins the residual stream, which no backward step reads. Norms, SiLU,
+    RoPE and adds are recomputed in the backward pass."""
+    if op in _ATTENTION:
+        return CheckpointPolicy.MUST_SAVE
+    if op in _LINEAR and args[-1].shape[-1] >= args[-2].shape[-1]:  # (M, K) @ (K, N), N >= K
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
 
 
 # Activation checkpointing of each block, as options of `checkpoint`: "none" keeps every
