@@ -229,3 +229,18 @@ def test_memory_options_refused(data, tmp_path, options, message):
     cfg = replace(TRAIN, **options)
     with pytest.raises(UserError, match=message):
         Trainer(tmp_path / "run", TokenizerPhase(data, MODEL, cfg), cfg, Distributed())
+
+
+def test_memory_flags_reach_the_train_config():
+    from nanodreamer.cli import build_parser, train_config
+    from nanodreamer.train.tokenizer import TRAIN_PRESETS
+
+    def parse(*flags):
+        words = ["train", "tokenizer", "--data", "d", "--out", "o", *flags]
+        return train_config(build_parser().parse_args(words), TRAIN_PRESETS["tiny"])
+
+    assert (parse().checkpointing, parse().memory_budget, parse().compile) == ("none", 1.0, False)
+    assert parse("--checkpointing").checkpointing == "full"
+    assert parse("--checkpointing", "selective").checkpointing == "selective"
+    cfg = parse("--compile", "--memory-budget", "0.5")
+    assert (cfg.compile, cfg.memory_budget) == (True, 0.5)
