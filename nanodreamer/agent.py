@@ -2,8 +2,10 @@
 
 Phase 2 trains a policy (a categorical over bins per action dimension), a reward model
 (symexp two-hot) and a continuation head by multi-token prediction: from h_t, one output layer
-per distance k = 1..L predicts action[t+k], reward[t+k] and continuation[t+k]. Phase 3 trains
-the policy and a value head on imagined rollouts with PMPO.
+per distance predicts action[t+k] (k = 1..L), reward[t+k] and continuation[t+k] (k = 0..L).
+h_t has read action[t] and obs[t], so distance 0, the one imagination uses, gives the reward
+and continuation of the transition *into* frame t, which depend on the action taken. Phase 3
+trains the policy and a value head on imagined rollouts with PMPO.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class AgentConfig:
     dim: int = 128  # agent-token width (the dynamics model's dim)
     action_dim: int = 2
     action_bins: int = 32
-    mtp: int = 8  # L: distances predicted from each h_t
+    mtp: int = 8  # L: future actions (1..L), rewards and continuations (0..L) from each h_t
     hidden: int = 256
     bins: int = 63  # two-hot bins for rewards and values
 
@@ -32,7 +34,7 @@ def mlp(dim: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class MTPHead(nn.Module):
-    """A small MLP trunk with one output layer per distance k = 1..L: (..., D) -> (..., L, out)."""
+    """A small MLP trunk with one output layer per distance: (..., D) -> (..., distances, out)."""
 
     def __init__(self, dim: int, hidden: int, out: int, distances: int):
         super().__init__()
@@ -49,15 +51,15 @@ class AgentHeads(nn.Module):
         super().__init__()
         c = self.config = config
         self.policy = MTPHead(c.dim, c.hidden, c.action_dim * c.action_bins, c.mtp)
-        self.reward = MTPHead(c.dim, c.hidden, c.bins, c.mtp)
-        self.cont = MTPHead(c.dim, c.hidden, 1, c.mtp)
+        self.reward = MTPHead(c.dim, c.hidden, c.bins, c.mtp + 1)  # distances 0..L
+        self.cont = MTPHead(c.dim, c.hidden, 1, c.mtp + 1)
         self.value = mlp(c.dim, c.hidden, c.bins)
         nn.init.zeros_(self.value[-1].weight)  # a new value head starts at 0
         nn.init.zeros_(self.value[-1].bias)
         self.twohot = TwoHot(c.bins)
 
     def policy_logits(self, h: torch.Tensor, distances: int | None = None) -> torch.Tensor:
-        """h (..., D) -> logits (..., L, A, bins)."""
+        """h (..., D) -> logits (..., L, A, bins) of action[t+1..t+L]."""
         c = self.config
         return self.policy(h, distances).unflatten(-1, (c.action_dim, c.action_bins))
 
@@ -98,39 +100,55 @@ def kl_categorical(logits: torch.Tensor, prior_logits: torch.Tensor) -> torch.Te
 
 
 # phase 2: multi-token prediction ------------------------------------------------------------------
-def mtp_targets(batch: dict[str, torch.Tensor], distances: int) -> dict[str, torch.Tensor]:
-    """Targets for h_t at distances k = 1..L: action[t+k], reward[t+k], continuation[t+k]
-    (B,T,L,...), and `mask` (B,T,L): t+k inside the window and a real frame."""
-    valid = batch["valid"]
-    b, t = valid.shape
-    index = torch.arange(t, device=valid.device)[:, None] + torch.arange(
-        1, distances + 1, device=valid.device
-    )
-    inside = index < t  # (T,L)
-    index = index.clamp(max=t - 1)
-    take = lambda x: x[:, index]  # noqa: E731 - (B,T,...) -> (B,T,L,...)
-    return {
-        "action": take(batch["action"]),
-        "reward": take(batch["reward"]),
-        "cont": take((~batch["is_terminal"]).float()),
-        "mask": take(valid) & inside,
-    }
+def complete_context(is_first: torch.Tensor, window: int) -> torch.Tensor:
+    """(B,T) bool: frames of a training window whose whole receptive field (the `window` frames
+    up to them, or back to the episode's start) lies inside the window. Only these are
+    computed exactly as when acting or imagining, so only these train the heads."""
+    t = torch.arange(is_first.shape[1], device=is_first.device)
+    return (t >= window - 1)[None, :] | is_first[:, :1]
 
 
-def mtp_losses(heads: AgentHeads, h: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+def _ahead(x: torch.Tensor, distances: range) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B,T,...) -> (x[:, t+k] (B,T,K,...), inside (T,K): t+k lies in the window)."""
+    t = x.shape[1]
+    index = torch.arange(t, device=x.device)[:, None] + torch.tensor(distances, device=x.device)
+    return x[:, index.clamp(max=t - 1)], index < t
+
+
+def mtp_targets(batch: dict[str, torch.Tensor], distances: int, window: int) -> dict:
+    """Targets for h_t: action[t+k] for k = 1..L and reward[t+k], continuation[t+k] for
+    k = 0..L (B,T,K,...), with masks (B,T,K): t+k a real frame of the window that is not an
+    episode's first (which no action led to), and h_t computed from a complete context."""
+    source = complete_context(batch["is_first"], window)[:, :, None]
+    real = batch["valid"] & ~batch["is_first"]
+    targets = {}
+    for name, ks in (("policy", range(1, distances + 1)), ("reward", range(distances + 1))):
+        mask, inside = _ahead(real, ks)
+        targets[f"{name}_mask"] = mask & inside & source
+    targets["action"] = _ahead(batch["action"], range(1, distances + 1))[0]
+    targets["reward"] = _ahead(batch["reward"], range(distances + 1))[0]
+    targets["cont"] = _ahead((~batch["is_terminal"]).float(), range(distances + 1))[0]
+    return targets
+
+
+def mtp_losses(
+    heads: AgentHeads, h: torch.Tensor, batch: dict, window: int
+) -> dict[str, torch.Tensor]:
     """Behaviour cloning, reward and continuation losses of agent outputs h (B,T,D)."""
-    c = heads.config
-    targets = mtp_targets(batch, c.mtp)
-    mask = targets["mask"].float()
-    count = mask.sum().clamp(min=1)
+    targets = mtp_targets(batch, heads.config.mtp, window)
     bc = -log_prob(heads.policy_logits(h), targets["action"])
     reward = heads.twohot.loss(heads.reward(h), targets["reward"])
     cont = F.binary_cross_entropy_with_logits(
         heads.cont(h)[..., 0].float(), targets["cont"], reduction="none"
     )
+
+    def mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+
     return {
-        name: (x * mask).sum() / count
-        for name, x in (("bc", bc), ("reward", reward), ("cont", cont))
+        "bc": mean(bc, targets["policy_mask"].float()),
+        "reward": mean(reward, targets["reward_mask"].float()),
+        "cont": mean(cont, targets["reward_mask"].float()),
     }
 
 

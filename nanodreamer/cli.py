@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nanodreamer.errors import UserError
+from nanodreamer.io import to_json
 from nanodreamer.train import distributed
 from nanodreamer.train.trainer import TrainConfig, Trainer
 
@@ -148,7 +149,7 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> None:
     gif = Path(args.gif) if args.gif else Path(args.run) / "reconstruction.gif"
     results = evaluate_tokenizer(model, windows, gif=gif) | {"gif": str(gif)}
     if args.json:
-        print(json.dumps(results))
+        print(to_json(results))
     else:
         print(
             f"PSNR {results['psnr']:.2f} dB  SSIM {results['ssim']:.4f}  "
@@ -191,20 +192,28 @@ def cmd_eval_dynamics(args: argparse.Namespace) -> None:
         world, args.data, context=args.context, windows=args.windows, gif=gif, split=args.split
     ) | {"gif": str(gif)}
     if args.json:
-        print(json.dumps(results))
+        print(to_json(results))
         return
     print(f"rollout PSNR after {results['context']} context frames ({results['windows']} windows)")
-    print("horizon   model  copy-last  tokenizer  shuffled-actions")
+    print("horizon   model  copy-last  tokenizer  shuffled  counterfactual  ignore-actions")
     for h in (1, 4, 8, 16):
         row = [results.get(f"{kind}psnr_h{h}", float("nan")) for kind in KINDS]
-        print(f"h{h:<8}{row[0]:6.2f}  {row[1]:9.2f}  {row[2]:9.2f}  {row[3]:16.2f}")
+        print(f"h{h:<8}{row[0]:6.2f}  {row[1]:9.2f}  {row[2]:9.2f}  {row[3]:8.2f}  "
+              f"{row[4]:14.2f}  {row[5]:14.2f}")  # fmt: skip
+    if "controllability_h8" in results:
+        print(
+            f"controllability at h8: {results['controllability_h8']:+.2f} dB (counterfactual "
+            "minus ignore-actions PSNR: > 0 when the model follows actions)"
+        )
+    else:
+        print(f"counterfactual: {results.get('counterfactual', 'not run')}")
     print(
         f"generation {results['fps']:.1f} frames/s with cache, "
         f"{results.get('fps_no_cache', float('nan')):.1f} without; imagination: {gif}"
     )
 
 
-KINDS = ("", "baseline_", "ceiling_", "shuffled_")
+KINDS = ("", "baseline_", "ceiling_", "shuffled_", "counterfactual_", "ignore_actions_")
 
 
 def cmd_imagine(args: argparse.Namespace) -> None:
@@ -272,18 +281,20 @@ def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
 
 
 def cmd_train_agent(args: argparse.Namespace) -> None:
-    from nanodreamer.train.agent import AGENT_TRAIN, AgentPhase
+    from nanodreamer.train.agent import AgentPhase, agent_train_config
 
-    cfg = train_config(args, AGENT_TRAIN)
+    cfg = train_config(args, agent_train_config(args.world_model))
     _fit(lambda env: AgentPhase(args.data, args.world_model, cfg), cfg, args)
 
 
 def cmd_train_imagination(args: argparse.Namespace) -> None:
-    from nanodreamer.train.agent import IMAGINATION_TRAIN, ImaginationPhase
+    from nanodreamer.train.agent import ImaginationPhase, imagination_train_config
 
-    cfg = train_config(args, IMAGINATION_TRAIN)
+    cfg = train_config(args, imagination_train_config(args.run))
     _fit(
-        lambda env: ImaginationPhase(args.run, cfg, horizon=args.horizon, gamma=args.gamma),
+        lambda env: ImaginationPhase(
+            args.run, cfg, horizon=args.horizon, gamma=args.gamma, beta=args.beta
+        ),
         cfg,
         args,
     )
@@ -303,6 +314,7 @@ def _fit(make_phase, cfg: TrainConfig, args: argparse.Namespace) -> dict:
 
 def cmd_eval_agent(args: argparse.Namespace) -> None:
     from nanodreamer.eval.agent import evaluate_agent
+    from nanodreamer.eval.control import NotReplayable, evaluate_control
 
     results = evaluate_agent(
         args.run,
@@ -311,17 +323,39 @@ def cmd_eval_agent(args: argparse.Namespace) -> None:
         seed=args.seed,
         video=args.video,
         mode=args.mode,
+        max_episode_steps=args.max_episode_steps,
         num_cars=args.num_cars,
         opponents=args.opponents,
     )
+    try:
+        results |= evaluate_control(args.run)
+    except NotReplayable as err:
+        results["control"] = f"skipped: {err}"
     if args.json:
-        print(json.dumps(results))
+        print(to_json(results))
         return
-    print(
-        f"agent return {results['return_mean']:.1f} ± {results['return_std']:.1f}, random "
-        f"{results['random_return_mean']:.1f} ± {results['random_return_std']:.1f} "
-        f"({args.episodes} episodes of {args.env})"
-    )
+    print(format_agent_results(results, args.env))
+
+
+def format_agent_results(r: dict, env: str) -> str:
+    """The lines `eval agent` prints: returns with 95% intervals, then the world model's
+    reward and imagination figures."""
+    lines = [
+        f"{r['episodes']} full episodes of {env} on fresh seeds, mean ± 95% interval: agent "
+        f"{r['return_mean']:.1f} ± {r['return_ci95']:.1f} (std {r['return_std']:.1f}), random "
+        f"{r['random_return_mean']:.1f} ± {r['random_return_ci95']:.1f}"
+    ]
+    if "reward_corr" in r:
+        lines += [
+            f"reward model on held-out episodes: MAE {r['reward_mae']:.3f}, correlation "
+            f"{r['reward_corr']:.2f}; under other actions: correlation "
+            f"{r['counterfactual_reward_corr']:.2f}",
+            f"policy from the same states, 16 steps: imagined return {r['imagined_return']:.2f}, "
+            f"real {r['real_return_h16']:.2f}, correlation {r['imagined_real_corr']:.2f}",
+        ]
+    else:
+        lines.append(f"world-model figures: {r.get('control', 'not run')}")
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -425,6 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gamma", type=float, default=0.997, help="discount (short episodes: lower, e.g. 0.9)"
     )
+    p.add_argument(
+        "--beta",
+        type=float,
+        default=0.3,
+        help="weight of KL[policy || BC prior] (random data: the prior is near uniform, so this "
+        "acts as an entropy bonus)",
+    )
     p.set_defaults(func=cmd_train_imagination)
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(
@@ -458,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", action="store_true", help="take the most likely action")
+    p.add_argument(
+        "--max-episode-steps", type=int, help="cap episodes (default: the env's own limit)"
+    )
     p.add_argument("--video", help="write the first episode as .gif or .mp4")
     p.add_argument("--num-cars", type=int, help="multi-car-racing: cars per race")
     p.add_argument(

@@ -160,7 +160,7 @@ class Dynamics(nn.Module):
         return z1, h
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.window)
+        return KVCache()
 
     def check_actions(self, action: torch.Tensor) -> None:
         a = self.config.action_dim

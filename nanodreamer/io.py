@@ -4,6 +4,7 @@ process killed at any moment leaves either the old file or the new one, never a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -34,5 +35,20 @@ def _umask() -> int:
     return mask
 
 
+def to_json(obj, indent: int | None = None) -> str:
+    """Standard JSON: a float that is not finite (an undefined correlation) becomes null."""
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | Path, obj) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(to_json(obj, indent=1) + "\n"))

@@ -112,7 +112,7 @@ class Tokenizer(nn.Module):
             )
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.window)
+        return KVCache()
 
     # encoder / decoder ------------------------------------------------------------------------
     def _encode(

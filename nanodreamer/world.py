@@ -7,8 +7,9 @@
 
 Past frames are fed back at signal level `context_signal` through a key/value cache, so each
 denoising step processes only the new frame; `use_cache=False` recomputes the whole history
-instead (same results, for checking and for timing). Time attention looks back `window - 1`
-frames per layer, so the cache holds only those.
+instead (same results, for checking and for timing). A generated frame depends on itself and
+the `window - 1` frames before it (the receptive field the model was trained on), however long
+the rollout; the cache holds only what that needs.
 """
 
 from __future__ import annotations
@@ -49,17 +50,13 @@ class WorldModel:
         has_action: torch.Tensor | None = None,
     ) -> None:
         """Start (B) new rollouts from real frames (B,T,C,H,W) in [0,1] and the actions that
-        led to them (B,T,A); `has_action` (B,T) False where there was none (episode start).
-        T = 0 starts from the model's own unconditioned first frame."""
+        led to them (B,T,A); `has_action` (B,T) False where there was none. By default the
+        context starts an episode: its first frame has no action. T = 0 starts from the
+        model's own unconditioned first frame."""
         b, t = context_frames.shape[:2]
-        if t > self.window - 1:
-            raise UserError(
-                f"context of {t} frames is longer than the model's window allows "
-                f"({self.window - 1}): pass at most {self.window - 1} frames"
-            )
         self.dynamics.check_actions(context_actions)
         if has_action is None:
-            has_action = torch.ones(b, t, dtype=torch.bool, device=self.device)
+            has_action = torch.arange(t, device=self.device).expand(b, t) > 0
         self.batch = b
         self.decoder_cache = self.tokenizer.new_cache()
         self.context = self.dynamics.new_cache() if self.use_cache else None

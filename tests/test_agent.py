@@ -9,6 +9,7 @@ from nanodreamer.agent import (
     AgentHeads,
     action_to_bins,
     bins_to_action,
+    complete_context,
     kl_categorical,
     lambda_returns,
     log_prob,
@@ -20,29 +21,50 @@ from nanodreamer.nn.distributions import TwoHot, symexp, symlog
 
 
 def test_mtp_targets_aligned():
-    """reward[t] depends only on action[t]: every target pair (action, reward) at t+k keeps
-    that relation, and frame t's targets start at t+1."""
+    """reward[t] depends only on action[t]: h_t's policy targets are action[t+1..t+L] and its
+    reward targets reward[t..t+L], so distance 0 pairs the reward with the action h_t read.
+    An episode's first frame (no action led to it) is never a target."""
     t, length = torch.arange(10), 3
     action = torch.stack([torch.linspace(-1, 1, 10), torch.zeros(10)], -1)[None]
     batch = {
         "action": action,
         "reward": (3 * action[..., 0] + 1) * (t > 0),
+        "is_first": t[None] == 0,
         "is_terminal": t[None] == 9,
         "valid": torch.ones(1, 10, dtype=torch.bool),
     }
-    targets = mtp_targets(batch, length)
-    mask = targets["mask"][0]
-    assert targets["action"].shape == (1, 10, 3, 2) and mask.shape == (10, 3)
+    targets = mtp_targets(batch, length, window=1)
+    policy_mask, reward_mask = targets["policy_mask"][0], targets["reward_mask"][0]
+    assert targets["action"].shape == (1, 10, 3, 2) and policy_mask.shape == (10, 3)
+    assert targets["reward"].shape == (1, 10, 4) and reward_mask.shape == (10, 4)
     for step in range(10):
         for k in range(1, length + 1):
-            assert mask[step, k - 1] == (step + k < 10)
+            assert policy_mask[step, k - 1] == (step + k < 10)
             if step + k < 10:
                 assert targets["action"][0, step, k - 1, 0] == action[0, step + k, 0]
-                assert targets["reward"][0, step, k - 1] == 3 * action[0, step + k, 0] + 1
-                assert targets["cont"][0, step, k - 1] == (step + k != 9)
+        for k in range(length + 1):
+            assert reward_mask[step, k] == (0 < step + k < 10)
+            if 0 < step + k < 10:
+                assert targets["reward"][0, step, k] == 3 * action[0, step + k, 0] + 1
+                assert targets["cont"][0, step, k] == (step + k != 9)
     padded = dict(batch, valid=t[None] < 6)
-    padded_mask = mtp_targets(padded, length)["mask"][0]
+    padded_mask = mtp_targets(padded, length, window=1)["policy_mask"][0]
     assert padded_mask[4].tolist() == [True, False, False] and not padded_mask[5:].any()
+
+
+def test_only_frames_with_a_complete_context_are_targets():
+    """With a context of 4 frames, a window that starts mid-episode trains only its frames
+    from the 4th on; one that starts an episode trains all of them."""
+    batch = {
+        "action": torch.zeros(2, 6, 2),
+        "reward": torch.zeros(2, 6),
+        "is_first": torch.tensor([[True] + [False] * 5, [False] * 6]),
+        "is_terminal": torch.zeros(2, 6, dtype=torch.bool),
+        "valid": torch.ones(2, 6, dtype=torch.bool),
+    }
+    assert complete_context(batch["is_first"], 4).tolist() == [[True] * 6, [False] * 3 + [True] * 3]
+    mask = mtp_targets(batch, 2, window=4)["reward_mask"][..., 0]
+    assert mask.tolist() == [[False] + [True] * 5, [False] * 3 + [True] * 3]
 
 
 def test_two_hot_round_trip_with_negatives():
@@ -141,7 +163,7 @@ def test_phase3_trains_only_policy_and_value(agent_runs, tmp_path):
     from nanodreamer.train.distributed import Distributed
     from nanodreamer.train.trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig(steps=2, batch_size=2, seq_len=4, workers=0, tensorboard=False, lr=1e-2)
+    cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, workers=0, tensorboard=False, lr=1e-2)
     phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3)
     before = {k: v.clone() for k, v in phase.model.state_dict().items()}
     prior = {k: v.clone() for k, v in phase.objective.prior.state_dict().items()}
@@ -168,10 +190,10 @@ def test_policy_context_reset_between_episodes(agent_runs):
     first = [policy.act(frames[0], np.array([True]))]
     for t in range(1, 6):
         first.append(policy.act(frames[t], np.array([False])))
-    assert policy.caches[0][1].frames == 6
+    assert policy.stream_of(0).context.frames == 6
     torch.manual_seed(0)
     again = policy.act(frames[0], np.array([True]))
-    assert policy.caches[0][1].frames == 1  # a new episode starts from an empty context
+    assert policy.stream_of(0).context.frames == 1  # a new episode starts from an empty context
     np.testing.assert_array_equal(again, first[0])
 
 
@@ -200,3 +222,100 @@ def test_agent_starts_from_the_world_model(agent_runs):
     assert agent.transformer.space_bias.shape[-1] == s + 1  # one agent token
     assert torch.equal(agent.transformer.space_bias[:, :s, :s], world.transformer.space_bias)
     assert torch.equal(agent.latent_in.weight, world.latent_in.weight)
+
+
+def test_cached_latents_and_agent_features_equal_what_acting_computes(agent_runs):
+    """On episodes over 3x the windows: the latent cache dynamics training reads equals the
+    tokenizer streaming frame by frame as when acting, and the agent features phase 2 trains
+    on (frames with a complete context) equal the features acting computes."""
+    from nanodreamer.agent import complete_context
+    from nanodreamer.data.latents import encode_dataset
+    from nanodreamer.tokenizer import frames_from_uint8
+    from nanodreamer.train.agent import load_agent
+    from nanodreamer.train.tokenizer import load_tokenizer
+
+    latents = encode_dataset(agent_runs / "data", agent_runs / "tok")
+    tokenizer = load_tokenizer(agent_runs / "tok")
+    model, _ = load_agent(agent_runs / "agent")
+    window = model.dynamics.config.window
+    episode = latents.load(0)
+    obs, length = latents.data.load(0, ("obs",))["obs"], len(episode["latents"])
+    assert length >= 3 * max(window, tokenizer.config.window)
+    cache = tokenizer.new_cache()
+    frames = frames_from_uint8(torch.from_numpy(obs))[None]
+    acting = torch.cat([tokenizer.encode(frames[:, t : t + 1], cache) for t in range(length)], 1)
+    cached = torch.from_numpy(np.array(episode["latents"])).float()[None]
+    torch.testing.assert_close(cached, acting, atol=2e-3, rtol=0)  # stored as float16
+
+    z, action = acting, torch.from_numpy(episode["action"])[None]
+    has_action = ~torch.from_numpy(episode["is_first"])[None]
+    noise = torch.randn_like(z)
+    cache = model.dynamics.new_cache()
+    streamed = torch.cat(
+        [
+            model.observe(
+                z[:, t : t + 1],
+                action[:, t : t + 1],
+                has_action[:, t : t + 1],
+                cache,
+                noise=noise[:, t : t + 1],
+            )  # fmt: skip
+            for t in range(length)
+        ],
+        1,
+    )
+    is_first = torch.from_numpy(episode["is_first"])[None]
+    for start in (0, 5, length - 2 * window):
+        rows = slice(start, start + 2 * window)
+        inputs = {"z1": z[:, rows], "action": action[:, rows], "has_action": has_action[:, rows]}
+        with torch.no_grad():
+            trained = model.context_features(inputs, noise=noise[:, rows])
+        complete = complete_context(is_first[:, rows], window)[0]
+        assert complete.sum() >= window + 1
+        torch.testing.assert_close(
+            trained[0, complete], streamed[0, rows][complete], atol=1e-4, rtol=1e-4
+        )
+
+
+def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
+    """reward[t] = 2 action[t, 0]: after phase 2, forcing two different actions at one
+    imagination step gives the two rewards the rule says."""
+    from conftest import synthetic_episode
+
+    from nanodreamer.data import EpisodeStore
+    from nanodreamer.data.latents import encode_dataset
+    from nanodreamer.train.agent import load_agent, rollout_from, transition_rewards
+    from nanodreamer.train.dynamics import latent_batch
+
+    data = tmp_path / "data"
+    with EpisodeStore.create(data, env="synthetic", obs_shape=(16, 16, 3), action_dim=2) as store:
+        for i in range(6):
+            episode = synthetic_episode(60, i, 16)
+            episode["reward"] = 2 * episode["action"][:, 0] * (np.arange(60) > 0)
+            store.add(episode)
+    cli(f"train tokenizer --data {data} --out {tmp_path}/tok --steps 2 --seq-len 4")
+    cli(
+        f"train dynamics --data {data} --tokenizer {tmp_path}/tok --out {tmp_path}/dyn "
+        "--steps 2 --seq-len 4 --long-seq-len 0"
+    )
+    cli(
+        f"train agent --data {data} --world-model {tmp_path}/dyn --out {tmp_path}/agent "
+        "--steps 400 --lr 2e-3 --batch-size 8"
+    )
+    model, info = load_agent(tmp_path / "agent")
+    latents = encode_dataset(data, info["tokenizer"])
+    episode = latents.load(0)
+    window = model.dynamics.config.window
+    batch = {k: torch.from_numpy(np.array(v[:window]))[None].repeat(2, *[1] * v.ndim)
+             for k, v in episode.items()}  # fmt: skip
+    batch["valid"] = torch.ones(2, window, dtype=torch.bool)
+    inputs = latent_batch(batch)
+    torch.manual_seed(0)
+    cache = model.dynamics.new_cache()
+    state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)[:, -1]
+    forced = torch.tensor([[[0.8, 0.0]], [[-0.8, 0.3]]])
+    with torch.no_grad():
+        states = rollout_from(model, state, cache, 1, forced)["states"]
+        reward = transition_rewards(model.heads, states)
+    assert reward[0, 0] == pytest.approx(1.6, abs=0.5), reward
+    assert reward[1, 0] == pytest.approx(-1.6, abs=0.5), reward

@@ -69,6 +69,30 @@ def test_streaming_equals_whole_sequence(model):
     torch.testing.assert_close(streamed, recon, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("depth", [4, 6])
+def test_streamed_frames_equal_the_last_frame_of_a_training_window(depth):
+    """With several time layers the receptive field is still `window` frames: each frame of an
+    episode three times the window streamed through the cache equals that frame encoded as
+    the last of a fresh `window`-frame sequence, the regime training sees."""
+    torch.manual_seed(0)
+    model = Tokenizer(replace(TINY_TOKENIZER, enc_depth=depth, dec_depth=depth)).eval()
+    assert sum(b.time for b in model.encoder.blocks) == depth // 2
+    window, frames = model.config.window, torch.rand(1, 3 * 4 + 2, 3, 16, 16)
+    cache = model.new_cache()
+    streamed = torch.cat([model.encode(frames[:, t : t + 1], cache) for t in range(14)], 1)
+    for t in range(14):
+        alone = model.encode(frames[:, max(0, t - window + 1) : t + 1])[:, -1]
+        torch.testing.assert_close(streamed[:, t], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_time_spans_add_up_to_the_window():
+    from nanodreamer.nn.transformer import time_spans
+
+    assert time_spans(16, 2) == [9, 8] and time_spans(8, 3) == [4, 3, 3]
+    for window, layers in [(4, 1), (5, 4), (2, 3), (32, 4)]:
+        assert sum(s - 1 for s in time_spans(window, layers)) == window - 1
+
+
 def test_window_bounds_look_back(model):
     """A frame more than `window - 1` frames back has no influence."""
     frames = torch.rand(1, 6, 3, 16, 16)

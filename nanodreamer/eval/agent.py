@@ -10,19 +10,56 @@ from tqdm.auto import tqdm
 
 from nanodreamer import envs
 from nanodreamer.agent import sample_action
-from nanodreamer.data.collect import episode_seed, random_policy
+from nanodreamer.data.collect import random_policy
 from nanodreamer.errors import UserError
+from nanodreamer.eval.metrics import mean_interval
 from nanodreamer.eval.pictures import save_video
-from nanodreamer.tokenizer import frames_from_uint8
-from nanodreamer.train.agent import load_agent, read_agent_run
+from nanodreamer.tokenizer import Tokenizer, frames_from_uint8
+from nanodreamer.train.agent import AgentModel, load_agent, read_agent_run
 from nanodreamer.train.tokenizer import load_tokenizer
 
 
+class AgentStream:
+    """The running context of a batch of environments for an agent: the tokenizer's and the
+    dynamics model's key/value caches. Frames are encoded as they arrive and fed, with the
+    action that led to them, into the transformer at the context signal level (as in
+    imagination)."""
+
+    def __init__(self, model: AgentModel, tokenizer: Tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.encoder, self.context = tokenizer.new_cache(), model.dynamics.new_cache()
+
+    @torch.no_grad()
+    def observe(self, obs: np.ndarray, action, has_action) -> torch.Tensor:
+        """obs (B,T,H,W,C) uint8, the actions (B,T,A) that led to them and whether there was
+        one (B,T) -> their agent states h (B,T,D)."""
+        frames = frames_from_uint8(torch.as_tensor(obs, device=self.device))
+        z = self.tokenizer.encode(frames, self.encoder)
+        action = torch.as_tensor(action, device=self.device).float()
+        has_action = torch.as_tensor(has_action, device=self.device)
+        return self.model.observe(z, action, has_action, self.context)
+
+    @torch.no_grad()
+    def prime(self, obs: np.ndarray, action, is_first: np.ndarray, tokenizer_only: int = 0):
+        """Start one stream from real frames (T,H,W,C) with their recorded actions (T,A) and
+        flags (T,): the first `tokenizer_only` frames only fill the tokenizer's context, so the
+        others are encoded exactly as in a stream from the episode's start. Returns the last
+        state (1,D)."""
+        if tokenizer_only:
+            warmup = torch.as_tensor(obs[None, :tokenizer_only], device=self.device)
+            self.tokenizer.encode(frames_from_uint8(warmup), self.encoder)
+        rest = slice(tokenizer_only, None)
+        has_action = ~np.asarray(is_first[rest])
+        return self.observe(obs[None, rest], action[None, rest], has_action[None])[:, -1]
+
+
 class AgentPolicy:
-    """Acts from pixels: encode each observation (streaming tokenizer), feed it with the action
-    that led to it into the dynamics transformer as context (the same signal level as in
-    imagination), and read the next action from the policy head on the agent token. Every
-    environment keeps its own context window, reset when its episode starts."""
+    """Acts from pixels in `num_envs` environments, reading each next action from the policy
+    head on the agent token. Environments whose episodes start at the same call share one
+    batched `AgentStream`; an environment that starts a new episode leaves its old stream
+    (whose rows then run idle until every member has left) for a new one, so contexts never
+    leak between episodes."""
 
     def __init__(self, run: str | Path, num_envs: int = 1, mode: bool = False, device=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -31,65 +68,96 @@ class AgentPolicy:
         self.mode = mode
         a = self.model.dynamics.config.action_dim
         self.last_action = torch.zeros(num_envs, a, device=self.device)
-        self.caches = [None] * num_envs
+        self.groups: dict[int, tuple[AgentStream, np.ndarray]] = {}  # id -> (stream, envs)
+        self.member = np.full(num_envs, -1)  # each env's group id
 
-    def reset(self, index: int) -> None:
-        self.caches[index] = (self.tokenizer.new_cache(), self.model.dynamics.new_cache())
-        self.last_action[index] = 0
+    def action(self, state: torch.Tensor) -> torch.Tensor:
+        """states (N,D) -> actions (N,A) in [-1, 1]."""
+        return sample_action(self.model.heads.policy_logits(state, 1)[:, 0], mode=self.mode)
+
+    def stream_of(self, env: int) -> AgentStream:
+        return self.groups[self.member[env]][0]
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, is_first: np.ndarray) -> np.ndarray:
-        """obs (N,H,W,C) uint8, is_first (N,) -> actions (N,A) in [-1, 1]."""
-        actions = []
-        for i in range(len(obs)):
-            if is_first[i] or self.caches[i] is None:
-                self.reset(i)
-            encoder, context = self.caches[i]
-            frame = frames_from_uint8(torch.as_tensor(obs[i], device=self.device))[None, None]
-            z = self.tokenizer.encode(frame, encoder)
-            has_action = torch.tensor([[not is_first[i]]], device=self.device)
-            state = self.model.observe(z, self.last_action[i][None, None], has_action, context)
-            logits = self.model.heads.policy_logits(state, 1)[:, 0]
-            action = sample_action(logits, mode=self.mode)[0]
-            self.last_action[i] = action
-            actions.append(action)
-        return torch.stack(actions).cpu().numpy()
+        """obs (N,H,W,C) uint8 of every env, is_first (N,) -> actions (N,A) in [-1, 1]."""
+        fresh = np.asarray(is_first, bool) | (self.member < 0)
+        if fresh.any():
+            new = max(self.groups, default=-1) + 1
+            self.groups[new] = (AgentStream(self.model, self.tokenizer), np.flatnonzero(fresh))
+            self.member[fresh] = new
+            self.last_action[torch.from_numpy(fresh)] = 0
+        self.groups = {g: v for g, v in self.groups.items() if (self.member == g).any()}
+        has_action = torch.from_numpy(~fresh).to(self.device)
+        for group, (stream, members) in self.groups.items():
+            rows = torch.from_numpy(members).to(self.device)
+            state = stream.observe(
+                obs[members, None], self.last_action[rows, None], has_action[rows, None]
+            )[:, -1]
+            action = self.action(state)
+            mine = torch.from_numpy(self.member[members] == group).to(self.device)
+            self.last_action[rows[mine]] = action[mine]
+        return self.last_action.cpu().numpy()
+
+
+# A third word in the seed sequence keeps evaluation seeds apart from collection seeds
+# (`episode_seed(seed, n)`, two words); any clash with a dataset's seeds is skipped as well.
+EVAL_TAG = 0x5EED
+
+
+def evaluation_seeds(seed: int, episodes: int, taken=()) -> list[int]:
+    """`episodes` env seeds for evaluation, none of them in `taken` (the collection seeds)."""
+    taken, seeds, number = set(taken), [], 0
+    while len(seeds) < episodes:
+        candidate = int(np.random.SeedSequence([seed, number, EVAL_TAG]).generate_state(1)[0])
+        if candidate not in taken:
+            seeds.append(candidate)
+        number += 1
+    return seeds
 
 
 def run_episodes(
     env_name: str,
     env_options: dict,
     policy,
-    episodes: int,
-    seed: int = 0,
+    seeds: list[int],
     video: str | Path | None = None,
     desc: str = "episodes",
     opponents=None,
 ) -> np.ndarray:
-    """Returns (episodes, cars) of `episodes` episodes seeded from `seed` (cars = 1 unless the
-    env races several); `opponents`, when given, drives every car but the first. Optionally a
-    video of the first episode, all cars' views side by side."""
-    env = envs.make(env_name, **env_options)
-    cars = envs.num_streams(env)
-    returns, frames = [], []
-    for episode in tqdm(range(episodes), desc=desc, unit="ep"):
-        obs, _ = env.reset(seed=episode_seed(seed, 10_000 + episode))
-        is_first, total, done = np.ones(cars, bool), np.zeros(cars), False
-        while not done:
-            views = obs.reshape(cars, *obs.shape[-3:])  # (cars, H, W, C)
-            if video is not None and episode == 0:
-                frames.append(np.concatenate(list(views), axis=1))
-            action = policy.act(views, is_first)
-            if opponents is not None:
-                action[1:] = opponents.act(views[1:], is_first[1:])
-            obs, reward, terminated, truncated, _ = env.step(action.reshape(env.action_space.shape))
-            total += np.asarray(reward).reshape(cars)
-            is_first[:], done = False, terminated or truncated
-        returns.append(total)
-    env.close()
+    """Returns (episodes, cars): one episode per seed (cars = 1 unless the env races several),
+    all run in lockstep so that the policy acts on every env in one batch; an env whose
+    episode has ended idles until all have. `opponents`, when given, drives every car but the
+    first. Optionally a video of the first episode, all cars' views side by side."""
+    pool = [envs.make(env_name, **env_options) for _ in seeds]
+    cars = envs.num_streams(pool[0])
+    rivals = np.tile(np.arange(cars) > 0, len(pool))  # streams the opponents drive
+    views = np.stack([env.reset(seed=seed)[0] for env, seed in zip(pool, seeds, strict=True)])
+    views = views.reshape(len(pool) * cars, *views.shape[-3:])  # (envs*cars, H, W, C)
+    is_first = np.ones(len(views), bool)
+    total, running, frames = np.zeros((len(pool), cars)), np.ones(len(pool), bool), []
+    bar = tqdm(total=len(pool), desc=desc, unit="ep")
+    while running.any():
+        if video is not None and running[0]:
+            frames.append(np.concatenate(list(views[:cars]), axis=1))
+        action = policy.act(views, is_first)
+        if opponents is not None:
+            action[rivals] = opponents.act(views[rivals], is_first[rivals])
+        is_first[:] = False
+        for i in np.flatnonzero(running):
+            act = action[i * cars : (i + 1) * cars].reshape(pool[i].action_space.shape)
+            obs, reward, terminated, truncated, _ = pool[i].step(act)
+            views[i * cars : (i + 1) * cars] = obs.reshape(cars, *obs.shape[-3:])
+            total[i] += np.asarray(reward).reshape(cars)
+            if terminated or truncated:
+                running[i] = False
+                bar.update(1)
+    bar.close()
+    for env in pool:
+        env.close()
     if video is not None and frames:
         save_video(video, np.stack(frames), fps=25, scale=2)
-    return np.stack(returns)
+    return total
 
 
 def evaluate_agent(
@@ -101,21 +169,29 @@ def evaluate_agent(
     video=None,
     mode: bool = False,
     random: bool = True,
+    max_episode_steps: int | None = None,
     num_cars: int | None = None,
     opponents: str = "self",
 ) -> dict:
-    """Mean/std return of the agent in the real env, beside a random policy on the same seeds.
+    """Return of the agent in the real env over full-length episodes (the env's own time
+    limit unless `max_episode_steps` caps it) on seeds no collection of its dataset used:
+    mean, std and the half-width of the 95% interval (`return_ci95`), beside a random policy
+    on the same seeds.
 
     In multi-car racing every car counts as an episode; `opponents="random"` races the policy
     (car 0) against random cars and reports car 0's return. `per_car_return_mean` lists each
     car's mean return.
     """
     info = read_agent_run(run)
-    data_env, options = _data_env(info)
+    manifest = _data_manifest(info)
+    data_env, options = manifest["env"], dict(manifest["env_options"])
     if env_name != data_env:
         raise UserError(
             f"{run} was trained on {data_env!r}, not {env_name!r}: evaluate it on its own env"
         )
+    options.pop("max_episode_steps", None)  # collection may cap episodes; evaluation does not
+    if max_episode_steps is not None:
+        options["max_episode_steps"] = max_episode_steps
     if num_cars is not None:
         if env_name != "multi-car-racing":
             raise UserError("num_cars is for multi-car-racing only")
@@ -125,7 +201,7 @@ def evaluate_agent(
     probe = envs.make(env_name, **options)
     cars, action_dim = envs.num_streams(probe), probe.action_space.shape[-1]
     probe.close()
-    policy = AgentPolicy(run, num_envs=cars, mode=mode)
+    policy = AgentPolicy(run, num_envs=cars * episodes, mode=mode)
     if action_dim != policy.model.dynamics.config.action_dim:
         raise UserError(
             f"{env_name} has {action_dim}-D actions, the agent "
@@ -135,30 +211,24 @@ def evaluate_agent(
     def random_for(streams: int):
         return random_policy(env_name, streams, action_dim, seed)
 
-    rivals = random_for(cars - 1) if opponents == "random" and cars > 1 else None
-    returns = run_episodes(env_name, options, policy, episodes, seed, video, "agent", rivals)
+    seeds = evaluation_seeds(seed, episodes, (e.get("seed") for e in manifest["episodes"]))
+    rivals = random_for((cars - 1) * episodes) if opponents == "random" and cars > 1 else None
+    returns = run_episodes(env_name, options, policy, seeds, video, "agent", rivals)
     scored = returns[:, :1] if rivals is not None else returns
-    results = {
-        "return_mean": float(scored.mean()),
-        "return_std": float(scored.std()),
-        "returns": scored.ravel().tolist(),
-        "episodes": episodes,
-    }
+    results = {f"return_{k}": v for k, v in mean_interval(scored).items()}
+    results |= {"returns": scored.ravel().tolist(), "episodes": episodes, "seeds": seeds}
+    results["env_options"] = options
     if cars > 1:
         results["per_car_return_mean"] = returns.mean(0).tolist()
     if random:
         random_returns = run_episodes(
-            env_name, options, random_for(cars), episodes, seed, desc="random"
+            env_name, options, random_for(cars * episodes), seeds, desc="random"
         )
-        results |= {
-            "random_return_mean": float(random_returns.mean()),
-            "random_return_std": float(random_returns.std()),
-        }
+        results |= {f"random_return_{k}": v for k, v in mean_interval(random_returns).items()}
     return results
 
 
-def _data_env(info: dict) -> tuple[str, dict]:
+def _data_manifest(info: dict) -> dict:
     from nanodreamer.data import EpisodeStore
 
-    manifest = EpisodeStore(info["data"]).manifest
-    return manifest["env"], manifest["env_options"]
+    return EpisodeStore(info["data"]).manifest

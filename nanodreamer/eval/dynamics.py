@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 
 from nanodreamer.data import EpisodeStore, split_episodes
+from nanodreamer.eval.control import HORIZONS, NotReplayable, counterfactual_dynamics
 from nanodreamer.eval.metrics import psnr
 from nanodreamer.eval.pictures import save_video, side_by_side
 from nanodreamer.eval.tokenizer import SETTLE_FRAMES
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
-
-HORIZONS = (1, 4, 8, 16)
 
 
 def rollout_windows(data: str | Path, length: int, count: int, split: str = "val") -> dict:
@@ -86,8 +85,9 @@ def evaluate_dynamics(
     split: str = "val",
 ) -> dict[str, float]:
     """Rollout metrics on the split's episodes ("all" for a held-out dataset; keys psnr_h1..,
-    baseline_psnr_h.., ceiling_.., shuffled_psnr_h.., fps, fps_no_cache). `quick` skips the
-    shuffled and no-cache runs."""
+    baseline_psnr_h.., ceiling_.., shuffled_psnr_h.., fps, fps_no_cache, and the
+    counterfactual ones of `eval.control`). `quick` skips the shuffled, counterfactual and
+    no-cache runs."""
     horizon = max(HORIZONS)
     context = context or min(8, world.window - 1)
     batch = rollout_windows(data, context + horizon, windows, split)
@@ -111,6 +111,11 @@ def evaluate_dynamics(
         wrong, _ = rollout_psnr(world, frames, shuffled, has_action, context)
         for h in HORIZONS:
             results[f"shuffled_psnr_h{h}"] = wrong[:, h - 1].mean().item()
+    if not quick:
+        try:
+            results |= counterfactual_dynamics(world, data, split=split)
+        except NotReplayable as err:
+            results["counterfactual"] = f"skipped: {err}"
     results["fps"] = generation_fps(world)
     if not quick:
         uncached = WorldModel(world.tokenizer, world.dynamics, steps=world.steps, use_cache=False)

@@ -1,7 +1,9 @@
-"""Image quality metrics on frames in [0, 1], shaped (..., C, H, W), one value per frame."""
+"""Metrics: image quality on frames in [0, 1] shaped (..., C, H, W), one value per frame;
+means with 95% intervals; correlation."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,3 +30,29 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return s.mean((-3, -2, -1)).reshape(lead)
+
+
+# Student's t quantile t_{0.975, df} for df = 1..30; beyond, the Cornish-Fisher expansion.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def mean_interval(values) -> dict[str, float]:
+    """Mean, sample standard deviation and the half-width of the 95% t-interval of the mean."""
+    x = np.asarray(values, np.float64).ravel()
+    n = len(x)
+    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    if n < 2:
+        return {"mean": float(x.mean()), "std": std, "ci95": float("inf")}
+    z = 1.959964
+    t = _T975[n - 2] if n - 1 <= len(_T975) else z + (z**3 + z) / (4 * (n - 1))
+    return {"mean": float(x.mean()), "std": std, "ci95": t * std / np.sqrt(n)}
+
+
+def correlation(a, b) -> float:
+    """Pearson correlation of two equally long sequences; nan when either is constant."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])

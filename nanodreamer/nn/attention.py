@@ -73,27 +73,20 @@ class Attention(nn.Module):
 class KVCache:
     """Keys and values of past frames for every time-attention layer.
 
-    Holds at most `window - 1` frames, so a new frame attends to exactly the same span of
-    frames as in whole-sequence processing with the same window. `frames` counts every frame
-    ever appended and gives the RoPE position of the next one.
+    A layer that looks back `span` frames keeps its last `span - 1` frames (`put(..., keep)`),
+    so a new frame attends to exactly the frames it would in whole-sequence processing.
+    `frames` counts every frame ever appended and gives the RoPE position of the next one.
     """
 
-    def __init__(self, window: int):
-        self.window = window
-        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    def __init__(self):
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self.frames = 0
 
     def get(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self.layers.get(layer)
 
-    def put(self, layer: int, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def put(self, layer: int, kv: tuple[torch.Tensor, torch.Tensor], keep: int) -> None:
         past = self.layers.get(layer)
         if past is not None:
             kv = (torch.cat([past[0], kv[0]], 2), torch.cat([past[1], kv[1]], 2))
-        keep = self.window - 1
         self.layers[layer] = (kv[0][:, :, -keep:], kv[1][:, :, -keep:]) if keep else None
-
-    @property
-    def length(self) -> int:
-        """Number of cached frames."""
-        return min(self.frames, self.window - 1)

@@ -3,7 +3,12 @@
 Tokens are laid out as (B, T, S, D): T frames of S tokens each. *Space* layers attend within a
 frame under a modality mask built once from a `TokenLayout`, plus a learned positional bias;
 *time* layers (every `time_every`-th layer) attend causally across frames at the same token
-position, with RoPE-1D over frame positions and a bounded look-back `window`.
+position, with RoPE-1D over frame positions.
+
+`window` bounds the receptive field in time: each time layer looks back a span of frames
+(`time_spans`) chosen so that an output depends on its own frame and the `window - 1` frames
+before it, never more. A frame streamed through the key/value cache deep into an episode is
+then computed exactly as it is as the last frame of a `window`-frame training sequence.
 """
 
 from __future__ import annotations
@@ -92,6 +97,13 @@ CHECKPOINTING = {
 }
 
 
+def time_spans(window: int, layers: int) -> list[int]:
+    """Look-back span (frames, itself included) of each of `layers` time layers, so that the
+    spans' look-backs add up to `window - 1`: the receptive field is exactly `window` frames."""
+    base, extra = divmod(window - 1, max(layers, 1))
+    return [1 + base + (i < extra) for i in range(layers)]
+
+
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, ratio: float = 4.0):
         super().__init__()
@@ -146,6 +158,8 @@ class AxialTransformer(nn.Module):
             Block(dim, heads, kv_heads or heads, mlp_ratio, time=(i + 1) % time_every == 0)
             for i in range(depth)
         )
+        time_layers = [i for i, block in enumerate(self.blocks) if block.time]
+        self.spans = dict(zip(time_layers, time_spans(window, len(time_layers)), strict=True))
         self.norm = nn.RMSNorm(dim)
         self.register_buffer("space_mask", layout.mask(), persistent=False)
         # Learned positional bias of space attention, one (S, S) table per head. Large at
@@ -176,13 +190,15 @@ class AxialTransformer(nn.Module):
                 out[~independent] = self(x[~independent])
             return out
         t = x.shape[1]
-        time_kwargs = self._time_attention(t, cache)
+        time_kwargs = {
+            span: self._time_attention(t, span, cache) for span in set(self.spans.values())
+        }
         space_mask = self.space_bias  # (H, S, S) float: the bias, -inf where reading is masked
         if self.space_mask is not None:
             space_mask = space_mask.masked_fill(~self.space_mask, float("-inf"))
         for i, block in enumerate(self.blocks):
             if block.time:
-                kwargs = dict(time_kwargs, past=cache.get(i) if cache else None)
+                kwargs = dict(time_kwargs[self.spans[i]], past=cache.get(i) if cache else None)
             else:
                 kwargs = {"mask": space_mask}
             options = CHECKPOINTING[self.checkpointing] if self.training else None
@@ -191,22 +207,23 @@ class AxialTransformer(nn.Module):
             else:
                 x, kv = block(x, **kwargs)
             if block.time and cache is not None and update_cache:
-                cache.put(i, kv)
+                cache.put(i, kv, keep=self.spans[i] - 1)
         if cache is not None and update_cache:
             cache.frames += t
         return self.norm(x)
 
-    def _time_attention(self, t: int, cache: KVCache | None) -> dict:
-        """RoPE angles and the causal, windowed mask for `t` new frames after the cache."""
-        start, past = (cache.frames, cache.length) if cache else (0, 0)
+    def _time_attention(self, t: int, span: int, cache: KVCache | None) -> dict:
+        """RoPE angles and the causal mask looking back `span` frames, for `t` new frames after
+        the cache (which holds at most span - 1 frames for a layer of this span)."""
+        start = cache.frames if cache else 0
+        past = min(start, span - 1)
         device = self.norm.weight.device
         key_pos = torch.arange(start - past, start + t, device=device)
         angles = rope_angles(key_pos, self.head_dim)
         kwargs = {"angles": (angles[past:], angles)}
-        if past == 0 and t <= self.window:
+        if past == 0 and t <= span:
             return kwargs | {"is_causal": True}
-        if t == 1:  # the cache never holds more than window - 1 frames
+        if t == 1:
             return kwargs
-        query_pos = key_pos[past:, None]
-        age = query_pos - key_pos[None, :]
-        return kwargs | {"mask": (age >= 0) & (age < self.window)}
+        age = key_pos[past:, None] - key_pos[None, :]
+        return kwargs | {"mask": (age >= 0) & (age < span)}

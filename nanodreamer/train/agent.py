@@ -38,8 +38,19 @@ from nanodreamer.train.dynamics import check_actions_match, latent_batch
 from nanodreamer.train.tokenizer import load_tokenizer
 from nanodreamer.train.trainer import TrainConfig, window_batches
 
-AGENT_TRAIN = TrainConfig(steps=2000, batch_size=8, seq_len=16, lr=3e-4, warmup=100)
-IMAGINATION_TRAIN = TrainConfig(steps=1000, batch_size=16, seq_len=8, lr=3e-4, warmup=50)
+AGENT_TRAIN = TrainConfig(steps=2000, batch_size=8, lr=3e-4, warmup=100)
+IMAGINATION_TRAIN = TrainConfig(steps=1000, batch_size=16, lr=3e-4, warmup=50)
+
+
+def agent_train_config(world_model: str | Path) -> TrainConfig:
+    """Phase-2 defaults: windows of twice the world model's context, so that half of each
+    window's frames have their whole receptive field inside it (`complete_context`)."""
+    return replace(AGENT_TRAIN, seq_len=2 * read_run(world_model)["model_config"]["window"])
+
+
+def imagination_train_config(agent_run: str | Path) -> TrainConfig:
+    """Phase-3 defaults: start contexts of exactly the world model's context window."""
+    return replace(IMAGINATION_TRAIN, seq_len=read_run(agent_run)["model_config"]["window"])
 
 
 class AgentModel(nn.Module):
@@ -54,25 +65,23 @@ class AgentModel(nn.Module):
         """Transformer outputs (B,T,S,D) -> agent features h_t (B,T,D)."""
         return h[:, :, self.dynamics.layout.slice("agents")].mean(2)
 
-    def context_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Agent features (B,T,D) of dataset windows fed in as context (`latent_batch`)."""
-        context = context_inputs(
-            self.dynamics,
-            inputs["z1"],
-            inputs["action"],
-            inputs["has_action"],
-            torch.randn_like(inputs["z1"]),
-        )
+    def context_features(self, inputs: dict[str, torch.Tensor], noise=None) -> torch.Tensor:
+        """Agent features (B,T,D) of dataset windows fed in as context (`latent_batch`),
+        noised to the context signal level with `noise` (drawn when None)."""
+        z = inputs["z1"]
+        noise = torch.randn_like(z) if noise is None else noise
+        context = context_inputs(self.dynamics, z, inputs["action"], inputs["has_action"], noise)
         _, h = self.dynamics(**context)
         return self.features(h)
 
     @torch.no_grad()
-    def observe(self, z, action, has_action, cache: KVCache | None, task=None) -> torch.Tensor:
-        """Feed frames z (B,T,N,Dl) as context (at the context signal level) and return the
-        agent features of the last one (B,D)."""
-        inputs = context_inputs(self.dynamics, z, action, has_action, torch.randn_like(z))
+    def observe(self, z, action, has_action, cache: KVCache | None, task=None, noise=None):
+        """Feed frames z (B,T,N,Dl) as context (at the context signal level, with `noise` or
+        fresh noise) and return their agent features (B,T,D)."""
+        noise = torch.randn_like(z) if noise is None else noise
+        inputs = context_inputs(self.dynamics, z, action, has_action, noise)
         _, h = self.dynamics(**inputs, task=task, cache=cache)
-        return self.features(h)[:, -1]
+        return self.features(h)
 
 
 def read_agent_run(run: str | Path) -> dict:
@@ -111,7 +120,8 @@ class AgentObjective(nn.Module):
         inputs = latent_batch(batch)
         dyn_loss, metrics, _ = shortcut_forcing_loss(self.model.dynamics, **inputs)
         features = self.model.context_features(inputs)
-        terms = {"dynamics": dyn_loss} | mtp_losses(self.model.heads, features, batch)
+        window = self.model.dynamics.config.window
+        terms = {"dynamics": dyn_loss} | mtp_losses(self.model.heads, features, batch, window)
         return self.norm(terms), metrics | {k: v.detach() for k, v in terms.items()}
 
 
@@ -125,6 +135,12 @@ class AgentPhase:
         self.latents = encode_dataset(data, info["tokenizer"], device)
         config = replace(DynamicsConfig(**info["model_config"]), agent_tokens=1)
         check_actions_match(self.latents, config)
+        if train.seq_len < config.window:
+            raise UserError(
+                f"--seq-len {train.seq_len} is shorter than the world model's context of "
+                f"{config.window} frames: no frame would see a whole context (use >= "
+                f"{config.window}, default {2 * config.window})"
+            )
         self.agent_config = AgentConfig(
             dim=config.dim, action_dim=config.action_dim, action_bins=config.action_bins, mtp=mtp
         )
@@ -154,7 +170,8 @@ class AgentPhase:
         """Phase-2 losses on validation windows."""
         batch = validation_batch(self.latents, self.train.seq_len, 16, model)
         features = model.context_features(latent_batch(batch))
-        return {k: v.item() for k, v in mtp_losses(model.heads, features, batch).items()}
+        window = model.dynamics.config.window
+        return {k: v.item() for k, v in mtp_losses(model.heads, features, batch, window).items()}
 
     def run_info(self) -> dict:
         return {
@@ -172,26 +189,46 @@ class AgentPhase:
 def imagine_rollouts(model: AgentModel, batch: dict, horizon: int, steps: int = 4) -> dict:
     """Start from dataset context windows and let the policy act for `horizon` steps inside the
     frozen world model. Returns agent features (B,H+1,D), actions (B,H,A), latents (B,H,N,Dl)."""
-    dynamics = model.dynamics
     inputs = latent_batch(batch)
-    cache = dynamics.new_cache()
-    state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)
-    b = state.shape[0]
-    yes = torch.ones(b, 1, dtype=torch.bool, device=state.device)
-    states, actions, latents = [state], [], []
-    for _ in range(horizon):
-        action = sample_action(model.heads.policy_logits(state, 1)[:, 0])
-        noise = torch.randn_like(inputs["z1"][:, 0])
+    cache = model.dynamics.new_cache()
+    state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)[:, -1]
+    return rollout_from(model, state, cache, horizon, steps=steps)
+
+
+@torch.no_grad()
+def rollout_from(model: AgentModel, state, cache: KVCache, horizon: int, actions=None, steps=4):
+    """Continue `horizon` steps from agent features `state` (B,D) after the context in `cache`,
+    taking the policy's sampled actions, or `actions` (B,H,A) when given."""
+    dynamics, c = model.dynamics, model.dynamics.config
+    yes = torch.ones(state.shape[0], 1, dtype=torch.bool, device=state.device)
+    states, taken, latents = [state], [], []
+    for t in range(horizon):
+        if actions is None:
+            action = sample_action(model.heads.policy_logits(state, 1)[:, 0])
+        else:
+            action = actions[:, t].to(state.device).float()
+        noise = torch.randn(state.shape[0], c.n_latents, c.latent_dim, device=state.device)
         z = denoise(dynamics, noise, action, yes[:, 0], steps, cache)
-        state = model.observe(z[:, None], action[:, None], yes, cache)
+        state = model.observe(z[:, None], action[:, None], yes, cache)[:, -1]
         states.append(state)
-        actions.append(action)
+        taken.append(action)
         latents.append(z)
     return {
         "states": torch.stack(states, 1),
-        "actions": torch.stack(actions, 1),
+        "actions": torch.stack(taken, 1),
         "latents": torch.stack(latents, 1),
     }
+
+
+def transition_rewards(heads: AgentHeads, states: torch.Tensor) -> torch.Tensor:
+    """Rewards r_1..r_H (B,H) of the imagined transitions, from states h_0..h_H (B,H+1,D):
+    the distance-0 reward head on h_{t+1}, the state that has read the action taken."""
+    return heads.twohot.decode(heads.reward(states[:, 1:], 1)[:, :, 0])
+
+
+def imagination_starts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) bool: windows that can start a rollout: every frame real, the last not terminal."""
+    return batch["valid"].all(1) & ~batch["is_terminal"][:, -1]
 
 
 class ImaginationObjective(nn.Module):
@@ -218,9 +255,9 @@ class ImaginationObjective(nn.Module):
         heads = self.model.heads
         rollout = imagine_rollouts(self.model, batch, self.horizon)
         states, actions = rollout["states"], rollout["actions"]  # (B,H+1,D), (B,H,A)
-        with torch.no_grad():
-            reward = heads.twohot.decode(heads.reward(states[:, :-1], 1)[:, :, 0])  # r_{t+1}
-            cont = torch.sigmoid(heads.cont(states[:, :-1], 1)[:, :, 0, 0].float())  # c_{t+1}
+        with torch.no_grad():  # r_{t+1}, c_{t+1} from h_{t+1}, which has read action t+1
+            reward = transition_rewards(heads, states)
+            cont = torch.sigmoid(heads.cont(states[:, 1:], 1)[:, :, 0, 0].float())
             weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
         value_logits = heads.value(states)
         value = heads.twohot.decode(value_logits)
@@ -270,6 +307,17 @@ class ImaginationPhase:
         self.info, self.train, self.agent_run = info, train, Path(agent_run)
         self.model = model.train()
         self.latents = encode_dataset(info["data"], info["tokenizer"])
+        window = model.dynamics.config.window
+        if train.seq_len < window:
+            raise UserError(
+                f"--seq-len {train.seq_len} is shorter than the world model's context of "
+                f"{window} frames: rollouts would start from a partial context"
+            )
+        if self.latents.lengths.max() <= train.seq_len:
+            raise UserError(
+                f"no episode of {self.latents.data.path} is longer than --seq-len "
+                f"{train.seq_len}: rollouts need a real, non-terminal context of that length"
+            )
         self.settings = {
             "horizon": horizon,
             "gamma": gamma,
@@ -280,20 +328,26 @@ class ImaginationPhase:
         self.objective = ImaginationObjective(model, horizon, gamma, lam, alpha, beta)
 
     def batches(self, start_step: int, env: Distributed):
-        return window_batches(self.latents, self.train, start_step, env)
+        """Dataset windows that can start a rollout (`imagination_starts`); the others (a
+        window ending on a terminal or padded frame) are dropped from their batch."""
+        for batch in window_batches(self.latents, self.train, start_step, env):
+            keep = imagination_starts(batch)
+            if keep.any():
+                yield {k: v[keep] for k, v in batch.items()}
 
     @torch.no_grad()
     def evaluate(self, model: AgentModel, run: Path, step: int) -> dict[str, float]:
         """Imagined returns on validation contexts, and a GIF of the policy's imagination."""
-        batch = validation_batch(self.latents, self.train.seq_len, 8, model)
+        batch = validation_batch(self.latents, self.train.seq_len, 16, model)
+        keep = imagination_starts(batch)
+        batch = {k: v[keep][:8] for k, v in batch.items()}
         device = batch["latents"].device
         objective = self.objective
         generator_state = torch.get_rng_state()
         torch.manual_seed(0)
         rollout = imagine_rollouts(model, batch, objective.horizon)
         torch.set_rng_state(generator_state)
-        heads = model.heads
-        reward = heads.twohot.decode(heads.reward(rollout["states"][:, :-1], 1)[:, :, 0])
+        reward = transition_rewards(model.heads, rollout["states"])
         tokenizer = load_tokenizer(self.info["tokenizer"], device)
         frames = tokenizer.decode(torch.cat([batch["latents"].float(), rollout["latents"]], 1))
         save_video(run / "imagined_policy.gif", side_by_side(frames[:4]), fps=8)
