@@ -27,8 +27,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train_step(preset: str, batch: int, steps: int, device: str) -> dict:
+def train_step(preset: str, batch: int, steps: int, device: str, compile: bool = False) -> dict:
     torch.manual_seed(0)
+    loss_fn = torch.compile(shortcut_forcing_loss) if compile else shortcut_forcing_loss
     config = replace(DYNAMICS_PRESETS[preset], n_latents=64, latent_dim=16, window=16)
     model = Dynamics(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3, fused=device == "cuda")
@@ -41,7 +42,7 @@ def train_step(preset: str, batch: int, steps: int, device: str) -> dict:
 
     def step():
         with autocast:
-            loss, _, _ = shortcut_forcing_loss(model, z1, action, ones, ones)
+            loss, _, _ = loss_fn(model, z1, action, ones, ones)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

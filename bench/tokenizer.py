@@ -19,9 +19,12 @@ from nanodreamer.tokenizer import TOKENIZER_PRESETS, Tokenizer
 SETTINGS = {"tiny": (16, 4), "base": (2, 8)}  # batch x frames
 
 
-def step_time(preset: str, batch: int, frames: int, steps: int, device: str) -> dict:
+def step_time(
+    preset: str, batch: int, frames: int, steps: int, device: str, compile: bool = False
+) -> dict:
     torch.manual_seed(0)
     model = Tokenizer(replace(TOKENIZER_PRESETS[preset], window=frames)).to(device)
+    loss_fn = torch.compile(model.loss) if compile else model.loss
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3, fused=device == "cuda")
     x = torch.rand(batch, frames, 3, 96, 96, device=device)
     autocast = torch.autocast(device, torch.bfloat16, enabled=device == "cuda")
@@ -30,7 +33,7 @@ def step_time(preset: str, batch: int, frames: int, steps: int, device: str) -> 
 
     def step():
         with autocast:
-            loss, _ = model.loss(x)
+            loss, _ = loss_fn(x)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

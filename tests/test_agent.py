@@ -319,3 +319,37 @@ def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
         reward = transition_rewards(model.heads, states)
     assert reward[0, 0] == pytest.approx(1.6, abs=0.5), reward
     assert reward[1, 0] == pytest.approx(-1.6, abs=0.5), reward
+
+
+def test_rollouts_start_only_from_real_non_terminal_windows():
+    from nanodreamer.train.agent import imagination_starts
+
+    valid = torch.ones(4, 5, dtype=torch.bool)
+    valid[1, 3:] = False  # padded: the episode ended inside the window
+    terminal = torch.zeros(4, 5, dtype=torch.bool)
+    terminal[2, -1] = True  # ends on the episode's terminal frame
+    terminal[3, 2] = True  # impossible inside a window, but a frame before the last is fine
+    starts = imagination_starts({"valid": valid, "is_terminal": terminal})
+    assert starts.tolist() == [True, False, False, True]
+
+
+def test_world_model_reset_gives_the_first_context_frame_no_action():
+    from conftest import TINY_TOKENIZER
+
+    from nanodreamer.dynamics import Dynamics, DynamicsConfig
+    from nanodreamer.tokenizer import Tokenizer
+    from nanodreamer.world import WorldModel
+
+    tokenizer = Tokenizer(TINY_TOKENIZER)
+    config = DynamicsConfig(n_latents=4, latent_dim=3, dim=32, depth=2, heads=2, kv_heads=1,
+                            time_every=2, window=4, registers=1)  # fmt: skip
+    dynamics = Dynamics(config)
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen.setdefault("has_action", kwargs["has_action"])
+
+    dynamics.register_forward_pre_hook(record, with_kwargs=True)
+    world = WorldModel(tokenizer, dynamics)
+    world.reset(torch.rand(2, 3, 3, 16, 16), torch.rand(2, 3, 2) * 2 - 1)
+    assert seen["has_action"].tolist() == [[False, True, True]] * 2
