@@ -221,11 +221,12 @@ def learning(device: str, smoke: bool) -> dict:
         if smoke:
             from nanodreamer.demo import run_demo
 
-            run_demo(out, minutes=0.02, env="dot", episodes=2, max_episode_steps=12, workers=1)
+            run_demo(out, minutes=0.02, env="dot", episodes=4, max_episode_steps=30, workers=1)
         else:
             command = [sys.executable, "-m", "nanodreamer", "demo", "--minutes", "4"]
             subprocess.run([*command, "--out", str(out)], check=True)
-        rows = [json.loads(x) for x in (out / "tokenizer" / "metrics.jsonl").read_text().split()]
+        log = (out / "tokenizer" / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in log]
         losses = [r["loss"] for r in rows if "loss" in r]
         summary = json.loads((out / "metrics.json").read_text())
     real = summary["agent"]["real_env"]
