@@ -89,3 +89,15 @@ def test_mean_interval_and_correlation_known_values():
     assert correlation([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(correlation([1, 1, 1], [1, 2, 3]))
+
+
+def test_evaluation_seeds_are_fresh_and_episodes_full_length(dot_data):
+    from nanodreamer.data.collect import episode_seed
+    from nanodreamer.eval.agent import evaluation_seeds
+
+    collected = [e["seed"] for e in dot_data.episodes]
+    assert collected[0] == episode_seed(3, 0)
+    seeds = evaluation_seeds(0, 50, taken=collected)
+    assert len(set(seeds)) == 50 and not set(seeds) & set(collected)
+    clash = evaluation_seeds(0, 3)
+    assert evaluation_seeds(0, 3, taken=clash[:1]) == clash[1:] + evaluation_seeds(0, 4)[3:]

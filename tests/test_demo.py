@@ -13,6 +13,7 @@ def test_demo_leaves_a_complete_folder(tmp_path):
     saved = json.loads((out / "metrics.json").read_text())["agent"]["real_env"]
     assert saved.keys() == real_env.keys() and saved["return_mean"] == real_env["return_mean"]
     assert {"reward_corr", "imagined_return", "return_ci95"} <= set(saved)
+    assert "max_episode_steps" not in real_env["env_options"]  # evaluation: full episodes
     for name in ("summary.md", "imagination.gif", "agent.gif", "tokenizer/reconstruction.gif"):
         assert (out / name).stat().st_size > 0, name
     assert "nanodreamer play --run" in (out / "summary.md").read_text()

@@ -330,6 +330,15 @@ def evaluate_control(
     return results
 
 
+def control_figures(run: str | Path) -> dict:
+    """`evaluate_control`, or {"control": "skipped: why"} for a dataset that cannot be
+    replayed (an env we cannot rebuild, a multi-car race)."""
+    try:
+        return evaluate_control(run)
+    except NotReplayable as err:
+        return {"control": f"skipped: {err}"}
+
+
 def _real_policy_return(model, stream, state, replay: Replay, ctx: Context, ep, horizon) -> float:
     """The policy's return over `horizon` real steps from the context's end, acting through
     the primed `stream` (advanced in place)."""
