@@ -1,6 +1,7 @@
 """The whole pipeline on the tiny dot environment, from pixels to a policy that steers:
 collect random data, train the tokenizer, the dynamics model, the agent (BC + reward) and the
-policy in imagination, then drive the real environment. About 12 minutes on one CPU core."""
+policy in imagination, then drive the real environment. About 12 minutes on one CPU core
+(seen: the policy -44.8 ± 9.2, behaviour cloning -99.8 ± 5.7, random -103.0 ± 5.5)."""
 
 import json
 
@@ -59,8 +60,9 @@ def test_imagination_policy_closes_half_the_gap_on_dot(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     print({"world": world, "ignoring": ignoring, "bc": bc, "agent": agent})
-    assert world["controllability_h8"] > 2.0, world  # the model follows actions
-    assert abs(ignoring["controllability_h8"]) < 1.0, ignoring  # a deaf one does not
+    # the model follows actions (seen: +4.0 dB at h8); a deaf copy does not (seen: +0.8)
+    assert world["controllability_h8"] > 2.5, world
+    assert abs(ignoring["controllability_h8"]) < 1.5, ignoring
     assert agent["reward_corr"] > 0.8 and agent["counterfactual_reward_corr"] > 0.3, agent
     assert agent["return_mean"] >= HALF_THE_GAP, agent
     assert agent["return_mean"] > bc["return_mean"] + bc["return_ci95"], (agent, bc)
