@@ -1,6 +1,6 @@
 """The whole pipeline on the tiny dot environment, from pixels to a policy that steers:
 collect random data, train the tokenizer, the dynamics model, the agent (BC + reward) and the
-policy in imagination, then drive the real environment. About 12 minutes on one CPU core
+policy in imagination, then drive the real environment. 25-35 minutes on one CPU core
 (seen: the policy -44.8 ± 9.2, behaviour cloning -99.8 ± 5.7, random -103.0 ± 5.5)."""
 
 import json
