@@ -123,8 +123,11 @@ class Replay:
             rewards.append(0.0 if done else float(reward))
             alive.append(not done)
             done = done or terminated or truncated
-        return {"start": start, "frames": np.stack(frames), "rewards": np.array(rewards)} | {
-            "alive": np.array(alive)
+        return {
+            "start": start,
+            "frames": np.stack(frames),
+            "rewards": np.array(rewards),
+            "alive": np.array(alive),
         }
 
 
