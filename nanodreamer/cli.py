@@ -14,7 +14,10 @@ from nanodreamer.commands import (
     cmd_eval_agent,
     cmd_eval_dynamics,
     cmd_eval_tokenizer,
+    cmd_export_minari,
     cmd_imagine,
+    cmd_import_minari,
+    cmd_import_video,
     cmd_play,
     cmd_train_agent,
     cmd_train_dynamics,
@@ -93,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="act with this agent run instead of randomly")
     p.set_defaults(func=cmd_collect)
 
-    data = sub.add_parser("data", help="inspect and check datasets").add_subparsers(
+    data = sub.add_parser("data", help="inspect, check, import and export datasets").add_subparsers(
         dest="data_command", required=True
     )
     p = data.add_parser("info", help="episodes, frames, lengths, returns, actions, size")
@@ -104,6 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--repair", action="store_true")
     p.set_defaults(func=cmd_data_verify)
+    imports = data.add_parser("import", help="bring video or a Minari dataset in").add_subparsers(
+        dest="import_command", required=True
+    )
+    p = imports.add_parser(
+        "video", help="video files or frame folders, one action-free episode each"
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="mp4/webm/gif files, frame folders")
+    p.add_argument("--out", required=True, help="dataset folder (created, or appended to)")
+    p.add_argument("--resolution", type=int, help="square frame size (new datasets: 64)")
+    p.set_defaults(func=cmd_import_video)
+    p = imports.add_parser("minari", help="a local Minari dataset with image observations")
+    p.add_argument("dataset", help="Minari dataset id")
+    p.add_argument("--out", required=True, help="new dataset folder")
+    p.set_defaults(func=cmd_import_minari)
+    exports = data.add_parser("export", help="write a dataset in another format").add_subparsers(
+        dest="export_command", required=True
+    )
+    p = exports.add_parser("minari", help="a local Minari dataset (loads in Minari and TorchRL)")
+    p.add_argument("dir")
+    p.add_argument("--dataset-id", required=True, help="e.g. car-racing/random-v0")
+    p.set_defaults(func=cmd_export_minari)
 
     from nanodreamer.tokenizer import TOKENIZER_PRESETS
 
@@ -130,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--independent-frac",
         type=float,
         help="windows trained as separate images (default 0.3; 0 puts all into dynamics)",
+    )
+    p.add_argument(
+        "--labelled-frac",
+        type=float,
+        help="keep the actions of this share of the labelled episodes, hide the rest "
+        "(chosen per episode, fixed by --seed; default 1)",
     )
     p.set_defaults(func=cmd_train_dynamics)
 

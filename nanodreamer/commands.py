@@ -59,6 +59,36 @@ def cmd_data_info(args: argparse.Namespace) -> None:
     print(format_summary(info))
 
 
+def cmd_import_video(args: argparse.Namespace) -> None:
+    from nanodreamer.data import EpisodeStore
+    from nanodreamer.data.video import import_videos
+
+    added, errors = import_videos(args.paths, args.out, args.resolution)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    frames = sum(EpisodeStore(args.out).lengths[added]) if added else 0
+    print(f"{args.out}: {len(added)} action-free episodes ({frames} frames) imported")
+    if errors:
+        sys.exit(1)
+
+
+def cmd_import_minari(args: argparse.Namespace) -> None:
+    from nanodreamer.data.minari_io import import_minari
+
+    store = import_minari(args.dataset, args.out)
+    print(f"{args.out}: {len(store)} episodes ({store.frames} frames) from {args.dataset}")
+
+
+def cmd_export_minari(args: argparse.Namespace) -> None:
+    from nanodreamer.data.minari_io import export_minari
+
+    dataset = export_minari(args.dir, args.dataset_id)
+    print(
+        f"{args.dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps "
+        f"(minari.load_dataset({args.dataset_id!r}))"
+    )
+
+
 def format_summary(info: dict) -> str:
     def fmt(stats: dict) -> str:
         if stats["mean"] is None:
@@ -72,7 +102,8 @@ def format_summary(info: dict) -> str:
             f"env          {info['env']} {info['env_options']}",
             f"obs          {'x'.join(map(str, info['obs_shape']))} uint8, action_dim "
             f"{info['action_dim']}, bins {info['action_bins'] or 'continuous'}",
-            f"episodes     {info['episodes']} ({info['terminated_episodes']} terminated)",
+            f"episodes     {info['episodes']} ({info['terminated_episodes']} terminated, "
+            f"{info['episodes'] - info['labelled_episodes']} action-free)",
             f"frames       {info['frames']}",
             f"length       {fmt(info['episode_length'])}",
             f"return       {fmt(info['episode_return'])}",
@@ -164,6 +195,8 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
     cfg = train_config(args, TRAIN_PRESETS[args.preset])
     if args.long_seq_len is not None:
         cfg = replace(cfg, long_seq_len=args.long_seq_len)
+    if args.labelled_frac is not None:
+        cfg = replace(cfg, labelled_frac=args.labelled_frac)
 
     def phase(env):
         if env.main:  # encode once, before the other ranks read the cache
@@ -233,7 +266,7 @@ def cmd_imagine(args: argparse.Namespace) -> None:
     if args.actions == "random":
         actions[:, context:].uniform_(-1, 1, generator=generator)
     world.reset(
-        frames[:, :context], actions[:, :context], ~batch["is_first"][:, :context].to(device)
+        frames[:, :context], actions[:, :context], batch["has_action"][:, :context].to(device)
     )
     imagined = torch.stack([world.step(actions[:, t]) for t in range(context, frames.shape[1])], 1)
     fake = torch.cat([frames[:, :context], imagined], 1)

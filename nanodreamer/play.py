@@ -156,7 +156,8 @@ class Session:
             n = min(self.shared.config.context, len(data["obs"]), self.world.window - 1)
             frames = frames_from_uint8(torch.as_tensor(data["obs"][:n], device=d))[None]
             actions = torch.as_tensor(data["action"][:n])[None]
-            has_action = ~torch.as_tensor(data["is_first"][:n])[None]
+            labelled = bool(self.shared.store.labelled[episode])
+            has_action = ~torch.as_tensor(data["is_first"][:n])[None] & labelled
         self.world.reset(frames, actions, has_action)
         self.frames, self.context = 0, frames.shape[1]
         self.policy_first = True

@@ -1,6 +1,9 @@
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env
 
 from nanodreamer import envs
 from nanodreamer.envs.car_racing import CarRacingAction
@@ -85,3 +88,33 @@ class NoPixels(gym.Env):
     observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
     action_space = gym.spaces.Discrete(2)
     metadata = {"render_modes": []}
+
+
+SHIPPED = [
+    ("dot", {}),
+    ("car-racing", {}),
+    ("car-racing", {"action_repeat": 2, "max_episode_steps": 30}),
+    ("multi-car-racing", {"num_cars": 2}),
+    ("CartPole-v1", {"resolution": 32}),
+]
+
+
+@pytest.mark.parametrize("name, options", SHIPPED)
+def test_gymnasium_checker_and_spec_recreate_every_env(name, options):
+    env = envs.make(name, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "different from the unwrapped version", the car reward
+        check_env(env, skip_render_check=True)
+    again = gym.make(env.spec)
+    first, _ = env.reset(seed=5)
+    second, _ = again.reset(seed=5)
+    np.testing.assert_array_equal(first, second)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        a, b = env.step(action), again.step(action)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    assert again.spec.max_episode_steps == env.spec.max_episode_steps
+    env.close()
+    again.close()

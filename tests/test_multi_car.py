@@ -218,13 +218,17 @@ def test_evaluating_an_agent_in_a_race(race_agent, capsys):
     from nanodreamer.eval.agent import evaluate_agent
 
     run = race_agent / "agent"
-    copies = evaluate_agent(run, "multi-car-racing", 2, num_cars=3)
+    short = {"max_episode_steps": 24}  # the plumbing: full 1000-frame races take minutes
+    copies = evaluate_agent(run, "multi-car-racing", 2, num_cars=3, **short)
     assert len(copies["per_car_return_mean"]) == 3 and len(copies["returns"]) == 6
     assert copies["return_mean"] == pytest.approx(np.mean(copies["returns"]))
-    against = evaluate_agent(run, "multi-car-racing", 2, opponents="random", random=False)
+    against = evaluate_agent(run, "multi-car-racing", 2, opponents="random", random=False, **short)
     assert len(against["returns"]) == 2  # car 0's return per race
     assert against["returns"] == pytest.approx([against["per_car_return_mean"][0]] * 2, abs=100)
-    main(f"eval agent --run {run} --env multi-car-racing --episodes 1 --json".split())
+    main(
+        f"eval agent --run {run} --env multi-car-racing --episodes 1 --json "
+        "--max-episode-steps 24".split()
+    )
     assert "per_car_return_mean" in capsys.readouterr().out
     with pytest.raises(UserError, match="trained on 'multi-car-racing', not 'car-racing'"):
         evaluate_agent(run, "car-racing", 1)

@@ -82,3 +82,41 @@ def test_two_episodes_give_both_splits(tmp_path):
     assert len(split_episodes(store, "val")) == 1 and len(split_episodes(store, "train")) == 1
     with pytest.raises(ValueError, match="unknown split"):
         split_episodes(store, "test")
+
+
+def test_has_action_false_on_first_frames_and_action_free_episodes(tmp_path):
+    from conftest import synthetic_episode
+
+    from nanodreamer.data import EpisodeStore
+
+    with EpisodeStore.create(tmp_path, env="synthetic", obs_shape=(8, 8, 3), action_dim=2) as s:
+        s.add(synthetic_episode(12, 0))
+        free = synthetic_episode(12, 1)
+        s.add(free | {"action": 0 * free["action"], "reward": 0 * free["reward"]}, actions=False)
+    data = WindowDataset(tmp_path, 12, split="all")
+    seen = {}
+    for i in range(40):
+        w = data[i]
+        seen[int(w["episode"])] = w["has_action"]
+        assert w["has_action"].tolist() == (~w["is_first"] & (w["episode"] == 0)).tolist()
+    assert set(seen) == {0, 1} and seen[0][1:].all() and not seen[1].any()
+    labelled = WindowDataset(tmp_path, 4, split="all", labelled_only=True)
+    assert {int(labelled[i]["episode"]) for i in range(30)} == {0}
+
+
+def test_labelled_frac_per_episode_and_deterministic(tmp_path):
+    from nanodreamer.data.sampler import labelled_episodes
+
+    store = make_store(tmp_path, [5] * 20)
+    tenth = labelled_episodes(store, 0.1, seed=0)
+    assert tenth.sum() == 2 and (tenth == labelled_episodes(store, 0.1, seed=0)).all()
+    assert (tenth != labelled_episodes(store, 0.1, seed=1)).any()  # another seed, other ones
+    half = labelled_episodes(store, 0.5, seed=0)
+    assert half.sum() == 10 and half[tenth].all()  # a larger share keeps the smaller one's
+    assert not labelled_episodes(store, 0.0).any() and labelled_episodes(store, 1.0).all()
+    data = WindowDataset(store, 5, split="all", labelled=tenth)
+    for i in range(50):
+        w = data[i]
+        assert w["has_action"][1:].all() == tenth[int(w["episode"])]
+    with pytest.raises(Exception, match=r"labelled_frac must lie in \[0, 1\]"):
+        labelled_episodes(store, 1.5)

@@ -22,7 +22,7 @@ def test_round_trip_exact_keys(tmp_path):
     assert [len(ep["reward"]) for ep in store] == [10, 7]
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert manifest["num_episodes"] == 2 and manifest["num_frames"] == 17
-    assert manifest["format_version"] == 1 and manifest["obs_shape"] == [8, 8, 3]
+    assert manifest["format_version"] == 2 and manifest["obs_shape"] == [8, 8, 3]
 
 
 @pytest.mark.parametrize(
@@ -128,3 +128,41 @@ def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # readable by others, like open()
+
+
+def action_free(episode: dict) -> dict:
+    return episode | {"action": np.zeros_like(episode["action"]), "reward": 0 * episode["reward"]}
+
+
+def test_action_free_episodes_marked_in_the_manifest(tmp_path):
+    with EpisodeStore.create(tmp_path, env="synthetic", obs_shape=(8, 8, 3), action_dim=2) as s:
+        s.add(synthetic_episode(6, 0))
+        s.add(action_free(synthetic_episode(5, 1)), actions=False)
+        with pytest.raises(UserError, match="action-free episode must hold zero actions"):
+            s.add(synthetic_episode(5, 2), actions=False)
+    store = EpisodeStore(tmp_path)
+    assert store.labelled.tolist() == [True, False]
+    assert [e["actions"] for e in store.manifest["episodes"]] == [True, False]
+    assert summarize(store)["labelled_episodes"] == 1
+
+
+def test_reads_and_upgrades_a_format_1_dataset(tmp_path):
+    """A dataset written before the actions marker: every episode reads as labelled, and the
+    first append rewrites the manifest in the current format, keeping every episode."""
+    make_store(tmp_path, [6, 7])
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["episodes"]:
+        del entry["actions"]
+    path.write_text(json.dumps(manifest | {"format_version": 1}))
+    store = EpisodeStore(tmp_path)
+    assert store.labelled.tolist() == [True, True] and len(store) == 2
+    np.testing.assert_array_equal(store[1]["obs"], synthetic_episode(7, 1)["obs"])
+    with EpisodeStore.create(tmp_path, env="synthetic", obs_shape=(8, 8, 3), action_dim=2) as s:
+        s.add(action_free(synthetic_episode(5, 2)), actions=False)
+    manifest = json.loads(path.read_text())
+    assert manifest["format_version"] == 2 and manifest["num_episodes"] == 3
+    assert EpisodeStore(tmp_path).labelled.tolist() == [True, True, False]
+    path.write_text(json.dumps(manifest | {"format_version": 99}))
+    with pytest.raises(UserError, match="dataset format 99"):
+        EpisodeStore(tmp_path)

@@ -5,7 +5,8 @@ depends on which worker asks, so a `DataLoader` with any number of workers yield
 batches, and a resumed run that starts at item `step * batch_size` sees the same data as an
 uninterrupted one. Windows are drawn uniformly over all valid start positions of the split, so
 every frame is equally likely. An episode shorter than T gives one window, zero-padded at the
-end, with `valid` False on the padding (losses ignore those frames).
+end, with `valid` False on the padding (losses ignore those frames). `has_action` says which
+frames carry a known action: not an episode's first frame, not an action-free episode's.
 
 Episodes are read lazily, each worker keeping a small LRU cache of decoded episodes, so
 datasets larger than RAM work.
@@ -47,10 +48,29 @@ def split_episodes(store: EpisodeStore, split: str, val_fraction: float = 0.1) -
     raise UserError(f"unknown split {split!r}: use train, val or all")
 
 
+def labelled_episodes(store, labelled_frac: float = 1.0, seed: int = 0) -> np.ndarray:
+    """(episodes,) bool: the episodes whose actions training may read.
+
+    `labelled_frac` < 1 hides the actions of all but round(F x labelled) of the labelled
+    episodes (an experiment: how much labelled data does action conditioning need?). The kept
+    ones are those first in an order hashed from (seed, file name): per episode, deterministic
+    under the seed, the same in every split and worker."""
+    if not 0.0 <= labelled_frac <= 1.0:
+        raise UserError(f"labelled_frac must lie in [0, 1], got {labelled_frac}")
+    labelled = np.array([e.get("actions", True) for e in store.episodes], bool)
+    ids = np.flatnonzero(labelled)
+    keys = [zlib.crc32(f"{seed}:{store.episodes[i]['file']}".encode()) for i in ids]
+    hidden = ids[np.argsort(keys, kind="stable")][round(labelled_frac * len(ids)) :]
+    labelled[hidden] = False
+    return labelled
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Map-style dataset of windows; any non-negative index is valid (an endless stream).
 
-    `len()` is the number of frames in the split, a nominal epoch.
+    `len()` is the number of frames in the split, a nominal epoch. `labelled` (episodes,)
+    overrides which episodes have actions (default: the store's marker); `labelled_only` keeps
+    only those (the agent phases: behaviour cloning and rewards need them).
     """
 
     def __init__(
@@ -63,14 +83,20 @@ class WindowDataset(torch.utils.data.Dataset):
         seed: int = 0,
         keys: tuple[str, ...] | None = None,  # default: all of the store's keys
         cache_bytes: int = 1 << 30,
+        labelled: np.ndarray | None = None,
+        labelled_only: bool = False,
     ):
         # an EpisodeStore, or anything with its reading interface (a LatentStore)
         self.store = EpisodeStore(source) if isinstance(source, str | Path) else source
         self.seq_len, self.seed, self.cache_bytes = seq_len, seed, cache_bytes
         self.keys = keys or self.store.keys
+        self.labelled = labelled_episodes(self.store) if labelled is None else labelled
         self.episode_ids = split_episodes(self.store, split, val_fraction)
+        if labelled_only:
+            self.episode_ids = [i for i in self.episode_ids if self.labelled[i]]
         if not self.episode_ids:
-            raise UserError(f"{source} has no episodes in the {split!r} split: collect more")
+            which = "action-labelled episodes" if labelled_only else "episodes"
+            raise UserError(f"{source} has no {which} in the {split!r} split: collect more")
         lengths = self.store.lengths[self.episode_ids]
         self.starts_per_episode = np.maximum(lengths - seq_len + 1, 1)
         self.cumulative = np.cumsum(self.starts_per_episode)
@@ -99,6 +125,8 @@ class WindowDataset(torch.utils.data.Dataset):
             window = {k: _pad(v, self.seq_len) for k, v in window.items()}
         out = {k: torch.from_numpy(np.array(v)) for k, v in window.items()}  # copies memmaps
         out["valid"] = torch.from_numpy(valid)
+        if "is_first" in out:
+            out["has_action"] = ~out["is_first"] & bool(self.labelled[episode_id])
         out["episode"] = torch.tensor(episode_id)
         out["start"] = torch.tensor(start)
         return out

@@ -9,6 +9,11 @@ Layout of a dataset folder:
 Alignment (SPEC): step t holds obs[t], the action that *led to* obs[t], the reward received
 with obs[t]; index 0 holds a zero action and zero reward and is masked out of every loss.
 
+Action-free episodes (imported video): the manifest entry says `"actions": false`; the file
+holds zero actions and rewards, which no loss reads: the dynamics model sees such frames with
+its no-action embedding, and the agent phase trains on the labelled episodes only. Format 1
+(before the marker) reads as all episodes labelled.
+
 Episode files are written to a temporary name and renamed; the manifest is rewritten the same
 way after each episode, so a killed writer loses at most the episode in flight. A file that is
 missing, truncated or corrupt is reported by name: the store skips it when opening (one warning
@@ -30,7 +35,8 @@ import numpy as np
 from nanodreamer.errors import UserError
 from nanodreamer.io import atomic_write, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no "actions" marker, every episode labelled
 KEYS = ("obs", "action", "reward", "is_first", "is_terminal")
 MANIFEST = "manifest.json"
 
@@ -58,10 +64,11 @@ class EpisodeStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             message = f"{manifest_path} is corrupt ({err}): restore it or re-collect"
             raise UserError(message) from None
-        if self.manifest.get("format_version") != FORMAT_VERSION:
+        version = self.manifest.get("format_version")
+        if version not in READABLE_VERSIONS:
             raise UserError(
-                f"{self.path} has dataset format {self.manifest.get('format_version')}, "
-                f"this nanodreamer reads {FORMAT_VERSION}: re-collect it"
+                f"{self.path} has dataset format {version}, this nanodreamer reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: re-collect it or update nanodreamer"
             )
         self._lock = None
         if _writable:
@@ -125,17 +132,25 @@ class EpisodeStore:
     def frames(self) -> int:
         return int(self.lengths.sum())
 
+    @property
+    def labelled(self) -> np.ndarray:
+        """(episodes,) bool: whether each episode's actions (and rewards) are known."""
+        return np.array([e.get("actions", True) for e in self.episodes], bool)
+
     def load(self, index: int, keys: tuple[str, ...] = KEYS) -> dict[str, np.ndarray]:
         """Read episode `index` (only `keys`); a damaged file raises CorruptEpisodeError."""
         entry = self.episodes[index]
         return load_episode_file(self.path / entry["file"], keys)
 
     # writing ---------------------------------------------------------------------------------
-    def add(self, episode: dict[str, np.ndarray], **info) -> int:
-        """Validate and write one episode atomically; `info` (seed, ...) goes to the manifest."""
+    def add(self, episode: dict[str, np.ndarray], *, actions: bool = True, **info) -> int:
+        """Validate and write one episode atomically; `info` (seed, ...) goes to the manifest.
+        `actions=False` marks an action-free episode (its action and reward must be zero)."""
         if self._lock is None:
             raise UserError(f"{self.path} was opened read-only: use EpisodeStore.create to append")
         episode = self._validate(episode)
+        if not actions and (episode["action"].any() or episode["reward"].any()):
+            raise UserError("an action-free episode must hold zero actions and rewards")
         number = 1 + max((_episode_number(e["file"]) for e in self.episodes), default=-1)
         relative = f"episodes/ep_{number:06d}.npz"
 
@@ -150,6 +165,7 @@ class EpisodeStore:
             "return": float(episode["reward"].sum()),
             "terminated": bool(episode["is_terminal"][-1]),
             "bytes": (self.path / relative).stat().st_size,
+            "actions": actions,
             **info,
         }
         self.episodes.append(entry)
@@ -222,17 +238,19 @@ class EpisodeStore:
             if relative in known:
                 continue
             try:
-                reward = load_episode_file(file, ("reward", "is_terminal"))
+                found = load_episode_file(file, ("action", "reward", "is_terminal"))
             except CorruptEpisodeError as err:
                 warnings.warn(f"skipping {err}", stacklevel=3)
                 continue
             entries.append(
                 {
                     "file": relative,
-                    "length": len(reward["reward"]),
-                    "return": float(reward["reward"].sum()),
-                    "terminated": bool(reward["is_terminal"][-1]),
+                    "length": len(found["reward"]),
+                    "return": float(found["reward"].sum()),
+                    "terminated": bool(found["is_terminal"][-1]),
                     "bytes": file.stat().st_size,
+                    # the marker was in the lost manifest entry: all-zero actions mean none
+                    "actions": bool(found["action"].any()),
                 }
             )
         return sorted(entries, key=lambda e: e["file"])
@@ -285,8 +303,13 @@ def verify(path: str | Path, repair: bool = False) -> list[str]:
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
+    """Write the manifest in the current format (a format-1 one gains the actions marker)."""
+    for entry in manifest["episodes"]:
+        entry.setdefault("actions", True)
     lengths = [e["length"] for e in manifest["episodes"]]
-    manifest.update(num_episodes=len(lengths), num_frames=int(sum(lengths)))
+    manifest.update(
+        format_version=FORMAT_VERSION, num_episodes=len(lengths), num_frames=int(sum(lengths))
+    )
     write_json(path / MANIFEST, manifest)
 
 
@@ -308,7 +331,8 @@ def summarize(store: EpisodeStore) -> dict:
     """Counts and statistics of a dataset (what `nanodreamer data info` prints)."""
     lengths = store.lengths
     returns = np.array([e["return"] for e in store.episodes], np.float64)
-    actions = [store.load(i, ("action",))["action"][1:] for i in range(len(store))]
+    labelled = np.flatnonzero(store.labelled)
+    actions = [store.load(int(i), ("action",))["action"][1:] for i in labelled]
     actions = np.concatenate(actions) if actions else np.zeros((0, store.manifest["action_dim"]))
 
     def stats(x: np.ndarray) -> dict:
@@ -330,6 +354,7 @@ def summarize(store: EpisodeStore) -> dict:
         "action_dim": store.manifest["action_dim"],
         "action_bins": store.manifest["action_bins"],
         "episodes": len(store),
+        "labelled_episodes": int(store.labelled.sum()),
         "frames": int(lengths.sum()),
         "terminated_episodes": sum(e["terminated"] for e in store.episodes),
         "episode_length": stats(lengths.astype(np.float64)),

@@ -6,14 +6,15 @@ import gymnasium as gym
 import numpy as np
 
 
-class CarRacingAction(gym.ActionWrapper):
+class CarRacingAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Map (steer, throttle) in [-1, 1]^2 to CarRacing's (steer, gas, brake).
 
     throttle > 0 is gas in [0, 1]; throttle < 0 is brake in [0, 1]; the two never act at once.
     """
 
     def __init__(self, env: gym.Env):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
     def action(self, action) -> np.ndarray:

@@ -20,12 +20,10 @@ DEAD_ZONE = 0.25  # |a| at most this: no move along that axis
 class DotEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(
-        self, cells: int = 4, cell: int = 4, max_episode_steps: int = 50, render_mode=None
-    ):
+    def __init__(self, cells: int = 4, cell: int = 4, render_mode=None):
         if cells < 2 or cell < 3:
             raise ValueError(f"need cells >= 2 and cell >= 3 pixels, got {cells} and {cell}")
-        self.cells, self.cell, self.max_episode_steps = cells, cell, max_episode_steps
+        self.cells, self.cell = cells, cell
         self.render_mode = render_mode
         size = cells * cell
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
@@ -36,7 +34,6 @@ class DotEnv(gym.Env):
         dot, target = self.np_random.choice(self.cells**2, 2, replace=False)
         self.dot = np.array(divmod(dot, self.cells))  # (row, column)
         self.target = np.array(divmod(target, self.cells))
-        self.steps = 0
         return self._frame(), {}
 
     def step(self, action):
@@ -44,8 +41,7 @@ class DotEnv(gym.Env):
         move = [int(np.sign(v)) if abs(v) > DEAD_ZONE else 0 for v in (y, x)]  # (row, column)
         self.dot = np.clip(self.dot + move, 0, self.cells - 1)
         reward = -np.linalg.norm(self.target - self.dot)
-        self.steps += 1
-        return self._frame(), float(reward), False, self.steps >= self.max_episode_steps, {}
+        return self._frame(), float(reward), False, False, {}  # the registered TimeLimit: 50
 
     def _frame(self) -> np.ndarray:
         c = self.cell

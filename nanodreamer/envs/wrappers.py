@@ -1,4 +1,8 @@
-"""Small Gymnasium wrappers, each doing one thing, composed by `nanodreamer.envs.make`."""
+"""Small Gymnasium wrappers, each doing one thing, composed by `nanodreamer.envs.make`.
+
+Each records its constructor arguments (`gym.utils.RecordConstructorArgs`), so an env's spec
+lists them and `gymnasium.make(env.spec)` rebuilds the same wrapped env (what Minari stores).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ import numpy as np
 from PIL import Image
 
 
-class ActionRepeat(gym.Wrapper):
+class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Repeat each action `repeat` times, summing rewards and stopping at episode end."""
 
     def __init__(self, env: gym.Env, repeat: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, repeat=repeat)
+        gym.Wrapper.__init__(self, env)
         if repeat < 1:
             raise ValueError(f"action_repeat must be >= 1, got {repeat}")
         self.repeat = repeat
@@ -26,28 +31,34 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-class ResizeImage(gym.ObservationWrapper):
+class ResizeImage(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Resize HxWxC uint8 frames to `size`x`size` (area averaging when shrinking)."""
 
     def __init__(self, env: gym.Env, size: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, size=size)
+        gym.ObservationWrapper.__init__(self, env)
         channels = env.observation_space.shape[-1]
         self.size = size
         self.observation_space = gym.spaces.Box(0, 255, (size, size, channels), np.uint8)
 
     def observation(self, obs: np.ndarray) -> np.ndarray:
-        if obs.shape[:2] == (self.size, self.size):
-            return obs
-        image = Image.fromarray(obs.squeeze(-1) if obs.shape[-1] == 1 else obs)
-        resized = np.asarray(image.resize((self.size, self.size), Image.Resampling.BOX))
-        return resized.reshape(self.size, self.size, -1)
+        return resize_frame(obs, self.size)
 
 
-class ColorChannels(gym.ObservationWrapper):
+def resize_frame(obs: np.ndarray, size: int) -> np.ndarray:
+    """(H,W,C) uint8 -> (size,size,C), area-averaged (what ResizeImage does to every frame)."""
+    if obs.shape[:2] == (size, size):
+        return obs
+    image = Image.fromarray(obs.squeeze(-1) if obs.shape[-1] == 1 else obs)
+    return np.asarray(image.resize((size, size), Image.Resampling.BOX)).reshape(size, size, -1)
+
+
+class ColorChannels(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Give grayscale frames (H,W) or (H,W,1) an explicit channel axis; leave RGB alone."""
 
     def __init__(self, env: gym.Env):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
         h, w = env.observation_space.shape[:2]
         c = env.observation_space.shape[2] if len(env.observation_space.shape) == 3 else 1
         self.observation_space = gym.spaces.Box(0, 255, (h, w, c), np.uint8)
@@ -56,7 +67,7 @@ class ColorChannels(gym.ObservationWrapper):
         return obs.reshape(self.observation_space.shape)
 
 
-class DiscreteAsBins(gym.ActionWrapper):
+class DiscreteAsBins(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Expose Discrete(n) as a 1-D action in [-1, 1] cut into n bins (bin i <-> choice i).
 
     The world model embeds each action dimension by bin lookup, so setting its bin count to n
@@ -64,7 +75,8 @@ class DiscreteAsBins(gym.ActionWrapper):
     """
 
     def __init__(self, env: gym.Env):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
         self.action_bins = [int(env.action_space.n)]
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
 

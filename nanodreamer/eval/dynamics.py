@@ -24,8 +24,8 @@ from nanodreamer.world import WorldModel
 
 
 def rollout_windows(data: str | Path, length: int, count: int, split: str = "val") -> dict:
-    """Up to `count` windows of `length` frames (obs uint8, action, is_first) from the split's
-    episodes, evenly spread after the settle frames. Deterministic."""
+    """Up to `count` windows of `length` frames (obs uint8, action, is_first, has_action) from
+    the split's episodes, evenly spread after the settle frames. Deterministic."""
     store = EpisodeStore(data)
     skip = SETTLE_FRAMES.get(store.manifest["env"], 0)
     episodes = split_episodes(store, split) or split_episodes(store, "all")
@@ -33,6 +33,7 @@ def rollout_windows(data: str | Path, length: int, count: int, split: str = "val
     windows = []
     for index in episodes:
         ep = store.load(index, ("obs", "action", "is_first"))
+        ep["has_action"] = ~ep["is_first"] & store.labelled[index]
         n = len(ep["obs"])
         if n < length:
             continue
@@ -94,7 +95,7 @@ def evaluate_dynamics(
     device = world.device
     frames = frames_from_uint8(batch["obs"].to(device))
     actions = batch["action"].to(device)
-    has_action = ~batch["is_first"].to(device)
+    has_action = batch["has_action"].to(device)
     scores, imagined = rollout_psnr(world, frames, actions, has_action, context)
     truth = frames[:, context:]
     baseline = psnr(frames[:, context - 1 : context].expand_as(truth), truth)

@@ -102,7 +102,7 @@ def validation_batch(latents, seq_len: int, count: int, model: nn.Module) -> dic
     """`count` fixed validation windows of the latent cache, on the model's device."""
     from nanodreamer.data import WindowDataset
 
-    data = WindowDataset(latents, seq_len, split="val", seed=1)
+    data = WindowDataset(latents, seq_len, split="val", seed=1, labelled_only=True)
     device = next(model.parameters()).device
     batch = torch.utils.data.default_collate([data[i] for i in range(count)])
     return {k: v.to(device) for k, v in batch.items()}
@@ -163,7 +163,7 @@ class AgentPhase:
         self.model.dynamics.transformer.space_bias[:, :s, :s] = old_bias
 
     def batches(self, start_step: int, env: Distributed):
-        return window_batches(self.latents, self.train, start_step, env)
+        return window_batches(self.latents, self.train, start_step, env, labelled_only=True)
 
     @torch.no_grad()
     def evaluate(self, model: AgentModel, run: Path, step: int) -> dict[str, float]:
@@ -330,7 +330,7 @@ class ImaginationPhase:
     def batches(self, start_step: int, env: Distributed):
         """Dataset windows that can start a rollout (`imagination_starts`); the others (a
         window ending on a terminal or padded frame) are dropped from their batch."""
-        for batch in window_batches(self.latents, self.train, start_step, env):
+        for batch in window_batches(self.latents, self.train, start_step, env, labelled_only=True):
             keep = imagination_starts(batch)
             if keep.any():
                 yield {k: v[keep] for k, v in batch.items()}

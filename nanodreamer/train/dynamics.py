@@ -33,11 +33,12 @@ TRAIN_PRESETS = {
 
 
 def latent_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Dataset window -> dynamics inputs. The action at an episode's first frame is no action."""
+    """Dataset window -> dynamics inputs. Frames without a known action (an episode's first,
+    an action-free episode's) get the no-action embedding."""
     return {
         "z1": batch["latents"].float(),
         "action": batch["action"],
-        "has_action": ~batch["is_first"],
+        "has_action": batch["has_action"],
         "valid": batch["valid"],
     }
 

@@ -37,6 +37,7 @@ class TrainConfig:
     seq_len: int = 8
     long_seq_len: int = 0  # > 0: every long_every-th step trains on windows this long
     long_every: int = 8
+    labelled_frac: float = 1.0  # < 1: hide the actions of the other labelled episodes
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     warmup: int = 100
@@ -56,15 +57,28 @@ class TrainConfig:
     wandb: bool = False
 
 
-def window_batches(source, cfg: TrainConfig, start_step: int, env: Distributed) -> Iterator[dict]:
+def window_batches(
+    source, cfg: TrainConfig, start_step: int, env: Distributed, labelled_only: bool = False
+) -> Iterator[dict]:
     """Training windows from an episode or latent store, for this rank.
 
     With `long_seq_len`, every `long_every`-th step draws longer windows (fewer of them, the
-    same number of frames), so the model also learns to run past its context window."""
+    same number of frames), so the model also learns to run past its context window.
+    `cfg.labelled_frac` < 1 hides the actions of the other episodes (`labelled_episodes`)."""
     from nanodreamer.data import WindowDataset, window_loader
+    from nanodreamer.data.sampler import labelled_episodes
+
+    labelled = labelled_episodes(source, cfg.labelled_frac, cfg.seed)
 
     def stream(seq_len: int, batch_size: int, step: int, seed: int):
-        data = WindowDataset(source, seq_len, split="train", seed=seed)
+        data = WindowDataset(
+            source,
+            seq_len,
+            split="train",
+            seed=seed,
+            labelled=labelled,
+            labelled_only=labelled_only,
+        )
         return iter(
             window_loader(
                 data,
