@@ -19,6 +19,7 @@ from nanodreamer.commands import (
     cmd_import_minari,
     cmd_import_video,
     cmd_play,
+    cmd_rounds,
     cmd_train_agent,
     cmd_train_dynamics,
     cmd_train_imagination,
@@ -257,6 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=4, help="real start frames from --data")
     p.add_argument("--device")
     p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("rounds", help="rounds of collect -> train -> evaluate in one folder")
+    p.add_argument("--out", required=True, help="folder (rerun the same command to resume)")
+    p.add_argument("--env", default="car-racing")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--first-episodes", type=int, default=10, help="random, before round 1")
+    p.add_argument(
+        "--episodes-per-round", type=int, default=5, help="added before each later round"
+    )
+    p.add_argument("--random-share", type=float, default=0.2, help="of those, random-policy ones")
+    p.add_argument("--minutes", type=float, default=15, help="training budget per round")
+    p.add_argument("--eval-episodes", type=int, default=5, help="full-length, fresh seeds")
+    p.add_argument("--workers", type=int, default=2, help="parallel collection envs")
+    p.add_argument("--action-repeat", type=int, default=1)
+    p.add_argument("--max-episode-steps", type=int, help="cap collected episodes")
+    p.add_argument("--horizon", type=int, help="imagination horizon (default 16)")
+    p.add_argument("--gamma", type=float, help="imagination discount (default 0.997)")
+    p.add_argument("--beta", type=float, help="KL weight to the BC policy (default 0.3)")
+    p.set_defaults(func=cmd_rounds)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
     p.add_argument("--out", default="runs/demo")

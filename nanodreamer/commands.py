@@ -352,6 +352,34 @@ def format_agent_results(r: dict, env: str) -> str:
     return "\n".join(lines)
 
 
+def cmd_rounds(args: argparse.Namespace) -> None:
+    from nanodreamer.pipeline import RoundsConfig, run_rounds
+
+    options = {"action_repeat": args.action_repeat}
+    if args.max_episode_steps:
+        options["max_episode_steps"] = args.max_episode_steps
+    settings = {"horizon": args.horizon, "gamma": args.gamma, "beta": args.beta}
+    config = RoundsConfig(
+        env=args.env,
+        env_options=options,
+        rounds=args.rounds,
+        first_episodes=args.first_episodes,
+        episodes_per_round=args.episodes_per_round,
+        random_share=args.random_share,
+        minutes=args.minutes,
+        eval_episodes=args.eval_episodes,
+        workers=args.workers,
+        imagination={k: v for k, v in settings.items() if v is not None},
+    )
+    for r in run_rounds(args.out, config):
+        e = r["real_env"]
+        print(
+            f"round {r['round']}: imagination {e['return_mean']:.1f} ± {e['return_ci95']:.1f}, "
+            f"BC {e['bc_return_mean']:.1f} ± {e['bc_return_ci95']:.1f}, random "
+            f"{e['random_return_mean']:.1f} ± {e['random_return_ci95']:.1f}"
+        )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from nanodreamer.demo import run_demo
 

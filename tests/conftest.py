@@ -63,3 +63,9 @@ def train_world_model(root, data, steps: int = 3) -> None:
         f"train dynamics --data {data} --tokenizer {root}/tok --out {root}/dyn --steps {steps} "
         "--seq-len 8 --long-seq-len 12"
     )
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `long` (minutes each) run first, so with `-n 2` the other worker runs the
+    rest of the suite beside them and the suite ends when they do."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

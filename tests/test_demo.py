@@ -8,12 +8,13 @@ def test_demo_leaves_a_complete_folder(tmp_path):
     runs and the folder holds what the summary points to."""
     out = tmp_path / "demo"
     results = run_demo(out, minutes=0.15, env="dot", episodes=4, max_episode_steps=30, workers=1)
-    real_env = results["agent"]["real_env"]
+    real_env = results["real_env"]
     assert {"return_mean", "random_return_mean", "bc_return_mean"} <= set(real_env)
-    saved = json.loads((out / "metrics.json").read_text())["agent"]["real_env"]
+    saved = json.loads((out / "metrics.json").read_text())["final"]["real_env"]
     assert saved.keys() == real_env.keys() and saved["return_mean"] == real_env["return_mean"]
     assert {"reward_corr", "imagined_return", "return_ci95"} <= set(saved)
     assert "max_episode_steps" not in real_env["env_options"]  # evaluation: full episodes
-    for name in ("summary.md", "imagination.gif", "agent.gif", "tokenizer/reconstruction.gif"):
+    for name in ("summary.md", "round_0/imagination.gif", "round_0/agent.gif",
+                 "tokenizer/reconstruction.gif", "learning_curve.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     assert "nanodreamer play --run" in (out / "summary.md").read_text()

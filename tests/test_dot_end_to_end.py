@@ -5,6 +5,7 @@ policy in imagination, then drive the real environment. 25-35 minutes on one CPU
 
 import json
 
+import pytest
 import torch
 
 from nanodreamer.cli import main
@@ -31,6 +32,7 @@ def cli(command: str, capsys=None) -> dict | None:
     return None
 
 
+@pytest.mark.long
 def test_imagination_policy_closes_half_the_gap_on_dot(tmp_path, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core per test worker: the run costs the same everywhere

@@ -58,7 +58,11 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path):
     fit(data, tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
         Trainer(tmp_path / "part", Interrupted(data, MODEL, TRAIN), TRAIN, Distributed()).fit()
+    assert not read_run(tmp_path / "part")["finished"]  # a pipeline resumes it, never skips it
     fit(data, tmp_path / "part", resume=True)
+    assert (
+        read_run(tmp_path / "part")["finished"] and read_run(tmp_path / "part")["steps_done"] == 6
+    )
     assert losses(tmp_path / "part") == pytest.approx(losses(tmp_path / "whole"), rel=1e-6)
     assert len(losses(tmp_path / "whole")) == 6
     whole, part = load_tokenizer(tmp_path / "whole"), load_tokenizer(tmp_path / "part")

@@ -138,6 +138,7 @@ def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> N
     action_dim, streams = store.manifest["action_dim"], num_envs * cars
     obs_shape = tuple(store.manifest["obs_shape"])
     first = len(store)
+    label = getattr(policy, "label", "random")
     policy = policy or random_policy(store.manifest["env"], streams, action_dim, (seed, first))
     seeds = [episode_seed(seed, first + k) for k in range(num_envs)]
     started, written, steps, t0 = num_envs, 0, 0, time.perf_counter()
@@ -165,7 +166,7 @@ def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> N
                 for j in range(i * cars, (i + 1) * cars):
                     if seeds[i] is not None and written < episodes:
                         car = {"car": int(j - i * cars)} if cars > 1 else {}
-                        store.add(recorders[j].episode(), seed=seeds[i], **car)
+                        store.add(recorders[j].episode(), seed=seeds[i], policy=label, **car)
                         written += 1
                         bar.update(1)
                 seeds[i] = reset_seeds[i] = None

@@ -66,6 +66,7 @@ class AgentPolicy:
         self.model, self.info = load_agent(run, self.device)
         self.tokenizer = load_tokenizer(self.info["tokenizer"], self.device)
         self.mode = mode
+        self.label = str(Path(run).resolve())  # what collection records as the episode's policy
         a = self.model.dynamics.config.action_dim
         self.last_action = torch.zeros(num_envs, a, device=self.device)
         self.groups: dict[int, tuple[AgentStream, np.ndarray]] = {}  # id -> (stream, envs)

@@ -128,9 +128,11 @@ class AgentObjective(nn.Module):
 class AgentPhase:
     name = "agent"
 
-    def __init__(self, data, world_model: str | Path, train: TrainConfig, mtp: int = 8):
+    def __init__(self, data, world_model: str | Path, train: TrainConfig, mtp: int = 8, init=None):
+        """`init`: an agent or imagination run whose agent tokens and heads to continue from
+        (rounds); the transformer always starts from `world_model`."""
         info = read_run(world_model, "dynamics")
-        self.train, self.world_model, self.info = train, Path(world_model), info
+        self.train, self.world_model, self.info, self.init = train, Path(world_model), info, init
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.latents = encode_dataset(data, info["tokenizer"], device)
         config = replace(DynamicsConfig(**info["model_config"]), agent_tokens=1)
@@ -146,6 +148,8 @@ class AgentPhase:
         )
         torch.manual_seed(train.seed)
         self.model = AgentModel(config, self.agent_config)
+        if init is not None:
+            load_weights(init, self.model)
         dynamics = Dynamics(DynamicsConfig(**info["model_config"]))
         load_weights(world_model, dynamics)
         self._start_from(dynamics)
@@ -181,6 +185,7 @@ class AgentPhase:
             "world_model": str(self.world_model.resolve()),
             "tokenizer": self.info["tokenizer"],
             "tokenizer_fingerprint": self.info["tokenizer_fingerprint"],
+            "init": str(Path(self.init).resolve()) if self.init else None,
         }
 
 
@@ -300,7 +305,10 @@ class ImaginationPhase:
         lam: float = 0.95,
         alpha: float = 0.5,
         beta: float = 0.3,
+        init: str | Path | None = None,
     ):
+        """`init`: an imagination run whose policy and value to continue from (rounds); the
+        KL prior stays `agent_run`'s behaviour-cloning policy."""
         model, info = load_agent(agent_run)
         if info["phase"] != "agent":
             raise UserError(f"{agent_run} is an {info['phase']} run: start from an agent run")
@@ -326,6 +334,9 @@ class ImaginationPhase:
             "beta": beta,
         }
         self.objective = ImaginationObjective(model, horizon, gamma, lam, alpha, beta)
+        self.init = init
+        if init is not None:
+            load_weights(init, model, only=("heads.policy.", "heads.value."))
 
     def batches(self, start_step: int, env: Distributed):
         """Dataset windows that can start a rollout (`imagination_starts`); the others (a
@@ -354,7 +365,12 @@ class ImaginationPhase:
         return {"imagined_reward_sum": reward.sum(1).mean().item()}
 
     def run_info(self) -> dict:
-        return {k: v for k, v in self.info.items() if k not in ("phase", "train")} | {
+        return {
+            k: v
+            for k, v in self.info.items()
+            if k not in ("phase", "train", "steps_done", "finished")
+        } | {
             "agent_run": str(self.agent_run.resolve()),
             "imagination": self.settings,
+            "init": str(Path(self.init).resolve()) if self.init else None,
         }

@@ -66,7 +66,9 @@ def load_state(model: nn.Module, state: dict, source: str | Path) -> None:
         ) from None
 
 
-def load_weights(run: str | Path, model: nn.Module) -> None:
+def load_weights(run: str | Path, model: nn.Module, only: tuple[str, ...] = ()) -> None:
+    """Load a run's exported weights into `model`; with `only`, just the parameters under
+    those prefixes (e.g. ("heads.policy.",)), the rest of the model kept as it is."""
     path = Path(run) / WEIGHTS
     if not path.is_file():
         raise UserError(f"{run} has no {WEIGHTS}: its training never finished a checkpoint")
@@ -74,4 +76,7 @@ def load_weights(run: str | Path, model: nn.Module) -> None:
         state = load_file(path)
     except (SafetensorError, OSError) as err:
         raise UserError(f"{path} is corrupt ({err}): export it again") from None
+    if only:
+        state = {k: v for k, v in state.items() if k.startswith(only)}
+        state = model.state_dict() | state
     load_state(model, state, path)

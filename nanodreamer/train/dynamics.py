@@ -62,14 +62,17 @@ class DynamicsPhase:
         tokenizer_run: str | Path,
         config: DynamicsConfig,
         train: TrainConfig,
+        init: str | Path | None = None,  # a dynamics run to continue from (rounds)
     ):
-        self.train, self.tokenizer_run = train, Path(tokenizer_run)
+        self.train, self.tokenizer_run, self.init = train, Path(tokenizer_run), init
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.latents = encode_dataset(data, tokenizer_run, device)
         self.config = config
         check_actions_match(self.latents, config)
         torch.manual_seed(train.seed)
         self.model = Dynamics(config)
+        if init is not None:
+            load_weights(init, self.model)
         self.objective = DynamicsObjective(self.model)
 
     def batches(self, start_step: int, env: Distributed):
@@ -90,6 +93,7 @@ class DynamicsPhase:
             "data": str(self.latents.data.path),
             "tokenizer": str(self.tokenizer_run.resolve()),
             "tokenizer_fingerprint": fingerprint(self.tokenizer_run),
+            "init": str(Path(self.init).resolve()) if self.init else None,
         }
 
 

@@ -182,7 +182,7 @@ class Trainer:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
             )
-        self.step, self.elapsed = 0, 0.0
+        self.step, self.elapsed, self.finished = 0, 0.0, False
         self.train_step = self.objective
         if env.world > 1:
             self.train_step = nn.parallel.DistributedDataParallel(
@@ -198,7 +198,10 @@ class Trainer:
 
     # state --------------------------------------------------------------------------------------
     def info(self) -> dict:
-        return {"phase": self.phase.name, **self.phase.run_info(), "train": asdict(self.cfg)}
+        """run.json: the phase, its model and data, the training config, and how far it got
+        (`finished` once the last step is saved: what a pipeline checks before skipping it)."""
+        train = {"train": asdict(self.cfg), "steps_done": self.step, "finished": self.finished}
+        return {"phase": self.phase.name, **self.phase.run_info(), **train}
 
     def state(self) -> dict:
         return {
@@ -263,7 +266,7 @@ class Trainer:
         by_time = bool(cfg.minutes)  # the bar counts seconds of the budget, or steps
         bar = tqdm(
             total=60 * cfg.minutes if by_time else cfg.steps,
-            initial=self.elapsed if by_time else self.step,
+            initial=min(self.elapsed, 60 * cfg.minutes) if by_time else self.step,
             unit="s" if by_time else "step",
             desc=f"train {self.phase.name}",
             disable=not env.main,
@@ -305,7 +308,11 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or finished:
                     last_eval = self._evaluate(logger)
                 if self.step % cfg.save_every == 0 or finished:
+                    self.finished = finished
                     self.save()
+            if not self.finished:  # resumed with nothing left to train
+                self.finished = True
+                self.save()
         finally:
             bar.close()
             if logger:

@@ -1,0 +1,224 @@
+"""Rounds of collect -> train -> evaluate in one folder: `nanodreamer rounds`, and
+`nanodreamer demo` (one budgeted call of it, with a summary).
+
+    OUT/data/                one dataset: random episodes, then each round's own episodes
+    OUT/tokenizer/           trained in round 0, then frozen: the latents it gives never
+                             change, so a later round only encodes its new episodes
+    OUT/round_R/dynamics/    R > 0: continues round R-1's weights on the grown dataset
+    OUT/round_R/agent/       BC + reward heads on the round's world model (continues R-1's)
+    OUT/round_R/imagination/ PMPO in the round's world model (continues R-1's policy, value)
+    OUT/round_R/eval.json    real-env returns of the imagination policy, its BC policy and
+                             random, on the same fresh seeds, full-length episodes
+    OUT/rounds.json, OUT/learning_curve.png
+
+Before round R > 0 the dataset grows by `episodes_per_round` episodes: a `random_share` of them
+from the random policy (exploration the policy does not choose), the rest from round R-1's
+imagination policy, sampling its actions. A phase that finished (its run.json says so) is
+skipped and an interrupted one resumes its checkpoint; a written eval.json is kept; collection
+tops the dataset up to its round's size. So a killed run, rerun, continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from nanodreamer.data import EpisodeStore, collect, summarize
+from nanodreamer.eval.pictures import plot_metrics
+from nanodreamer.io import to_json, write_json
+from nanodreamer.train import distributed
+from nanodreamer.train.checkpoint import CHECKPOINT, read_run
+from nanodreamer.train.trainer import TrainConfig, Trainer
+
+SHARES = {"tokenizer": 0.3, "dynamics": 0.3, "agent": 0.12, "imagination": 0.13}
+PLOTS = {
+    "tokenizer": ("mse", "val/psnr"),
+    "dynamics": ("flow_mse", "bootstrap_mse", "val/psnr_h8"),
+    "agent": ("dynamics", "bc", "reward", "val/bc"),
+    "imagination": ("return", "advantage_positive", "kl", "value_error"),
+}
+
+
+@dataclass
+class RoundsConfig:
+    env: str = "car-racing"
+    env_options: dict = field(default_factory=dict)  # collection: action_repeat, ...
+    rounds: int = 3
+    first_episodes: int = 10  # random episodes before round 0
+    episodes_per_round: int = 5  # added before each later round
+    random_share: float = 0.2  # of those, from the random policy
+    minutes: float = 15.0  # training budget per round, split by SHARES (no tokenizer after 0)
+    eval_episodes: int = 5
+    workers: int = 2
+    preset: str | None = None  # default: tiny on a CPU, small on a GPU
+    imagination: dict = field(default_factory=dict)  # ImaginationPhase settings (horizon, ...)
+
+
+def run_rounds(out: str | Path, config: RoundsConfig) -> list[dict]:
+    """Every round of `config` in `out`; returns each round's figures (also in rounds.json)."""
+    out, c = Path(out), config
+    device = distributed.setup()
+    preset = c.preset or ("small" if device.device.type == "cuda" else "tiny")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "rounds_config.json", asdict(c) | {"preset": preset})
+    results = []
+    for r in range(c.rounds):
+        print(f"round {r + 1}/{c.rounds}: collect")
+        _collect(out / "data", c, r)
+        results.append(_round(out, c, r, preset, device))
+        write_json(out / "rounds.json", results)
+        plot_learning_curve(results, out / "learning_curve.png")
+    return results
+
+
+def round_dir(out: Path, r: int) -> Path:
+    return out / f"round_{r}"
+
+
+def _collect(data: Path, c: RoundsConfig, r: int) -> None:
+    """Top the dataset up to its size at round r: `first_episodes` random ones before round 0;
+    before each later round a random share, then the previous round's policy."""
+    from nanodreamer.eval.agent import AgentPolicy
+
+    have = len(EpisodeStore(data)) if (data / "manifest.json").exists() else 0
+    if r == 0:
+        need_random, need_policy = c.first_episodes - have, 0
+    else:
+        added = have - c.first_episodes - (r - 1) * c.episodes_per_round
+        randoms = round(c.random_share * c.episodes_per_round)
+        need_random, need_policy = randoms - added, c.episodes_per_round - max(added, randoms)
+    options = {"workers": c.workers, "env_options": c.env_options, "seed": r}
+    if need_random > 0:
+        collect(c.env, data, need_random, **options)
+    if need_policy > 0:
+        run = round_dir(data.parent, r - 1) / "imagination"
+        policy = AgentPolicy(run, num_envs=min(c.workers, need_policy))
+        collect(c.env, data, need_policy, policy=policy, **options)
+
+
+def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
+    here, before = round_dir(out, r), (round_dir(out, r - 1) if r else None)
+    shares = SHARES if r == 0 else {k: v for k, v in SHARES.items() if k != "tokenizer"}
+    scale = sum(SHARES.values()) / sum(shares.values())
+    budget = {phase: c.minutes * share * scale for phase, share in shares.items()}
+    data, result = out / "data", {"round": r}
+    if r == 0:
+        result["tokenizer"] = train_tokenizer(data, out / "tokenizer", preset, budget, device)
+    result["dynamics"] = train_dynamics(data, out, here, preset, budget, device, before)
+    result |= train_agent(data, here, budget, device, before, c.imagination)
+    for phase in PLOTS:
+        run = out / "tokenizer" if phase == "tokenizer" else here / phase
+        if (run / "metrics.jsonl").exists():
+            plot_metrics(run / "metrics.jsonl", run / "losses.png", PLOTS[phase])
+    result["real_env"] = evaluate_round(here, c.env, c.eval_episodes)
+    result["data"] = summarize(EpisodeStore(data))
+    return result
+
+
+# phases ---------------------------------------------------------------------------------------
+def _train(run: Path, phase_factory, cfg: TrainConfig, device) -> dict:
+    """Train a phase; a finished one is skipped, an interrupted one resumes its checkpoint."""
+    if (run / "run.json").exists() and read_run(run).get("finished"):
+        print(f"{run} is done: skipping")
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {k[4:]: v for r in rows for k, v in r.items() if k.startswith("val/")}
+    phase = phase_factory()
+    return Trainer(run, phase, cfg, device).fit(resume=(run / CHECKPOINT).exists())
+
+
+def _budget(cfg: TrainConfig, minutes: float) -> TrainConfig:
+    return replace(cfg, minutes=minutes, steps=1_000_000, eval_every=1_000_000, save_every=250)
+
+
+def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device) -> dict:
+    from nanodreamer.tokenizer import TOKENIZER_PRESETS
+    from nanodreamer.train.tokenizer import TRAIN_PRESETS, TokenizerPhase, tokenizer_config_for
+
+    cfg = _budget(TRAIN_PRESETS[preset], budget["tokenizer"])
+    config = tokenizer_config_for(data, TOKENIZER_PRESETS[preset], cfg.seq_len)
+    return _train(run, lambda: TokenizerPhase(data, config, cfg), cfg, device)
+
+
+def train_dynamics(data, out: Path, here: Path, preset, budget, device, before) -> dict:
+    from nanodreamer.data.latents import encode_dataset
+    from nanodreamer.dynamics import DYNAMICS_PRESETS
+    from nanodreamer.eval.dynamics import evaluate_dynamics
+    from nanodreamer.train.dynamics import (
+        TRAIN_PRESETS,
+        DynamicsPhase,
+        dynamics_config_for,
+        load_world_model,
+    )
+
+    cfg = _budget(TRAIN_PRESETS[preset], budget["dynamics"])
+    tokenizer = out / "tokenizer"
+    latents = encode_dataset(data, tokenizer, device.device)
+    config = replace(dynamics_config_for(latents, DYNAMICS_PRESETS[preset]), window=cfg.seq_len)
+    init = before / "dynamics" if before else None
+    run = here / "dynamics"
+    _train(run, lambda: DynamicsPhase(data, tokenizer, config, cfg, init=init), cfg, device)
+    world = load_world_model(run, device.device)
+    return evaluate_dynamics(world, data, gif=here / "imagination.gif", windows=8)
+
+
+def train_agent(data: Path, here: Path, budget: dict, device, before, settings: dict) -> dict:
+    from nanodreamer.train.agent import (
+        AgentPhase,
+        ImaginationPhase,
+        agent_train_config,
+        imagination_train_config,
+    )
+
+    cfg = _budget(agent_train_config(here / "dynamics"), budget["agent"])
+    init = before / "agent" if before else None
+    phase = lambda: AgentPhase(data, here / "dynamics", cfg, init=init)  # noqa: E731
+    bc = _train(here / "agent", phase, cfg, device)
+    cfg = _budget(imagination_train_config(here / "agent"), budget["imagination"])
+    init = before / "imagination" if before else None
+    phase = lambda: ImaginationPhase(here / "agent", cfg, init=init, **settings)  # noqa: E731
+    return {"bc": bc, "imagination": _train(here / "imagination", phase, cfg, device)}
+
+
+def evaluate_round(here: Path, env: str, episodes: int) -> dict:
+    """Full-length episodes on fresh seeds (the same for every policy), and the world model's
+    figures for control (`eval.control`); kept in eval.json, so never run twice."""
+    from nanodreamer.eval.agent import evaluate_agent
+    from nanodreamer.eval.control import control_figures
+
+    done = here / "eval.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    results = evaluate_agent(here / "imagination", env, episodes, video=here / "agent.gif")
+    bc = evaluate_agent(here / "agent", env, episodes, random=False)
+    results |= {f"bc_{k}": bc[k] for k in ("return_mean", "return_std", "return_ci95")}
+    results |= control_figures(here / "imagination")
+    done.write_text(to_json(results))
+    return json.loads(done.read_text())
+
+
+def plot_learning_curve(results: list[dict], out: Path) -> Path:
+    """Real-env return per round (mean and 95% interval): imagination policy, BC, random."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nanodreamer.io import atomic_write
+
+    rounds = [r["round"] for r in results]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for prefix, label in (("", "imagination policy"), ("bc_", "behaviour cloning"),
+                          ("random_", "random")):  # fmt: skip
+        means = [r["real_env"][f"{prefix}return_mean"] for r in results]
+        errors = [r["real_env"][f"{prefix}return_ci95"] or 0 for r in results]
+        ax.errorbar(rounds, means, yerr=errors, marker="o", capsize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("return (full episodes)")
+    ax.set_xticks(rounds)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return out

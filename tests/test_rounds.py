@@ -1,0 +1,40 @@
+"""`nanodreamer rounds`: collect -> train -> evaluate, round after round, in one folder."""
+
+import json
+
+from nanodreamer.cli import main
+from nanodreamer.data import EpisodeStore
+from nanodreamer.train.checkpoint import read_run
+
+
+def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, capsys):
+    out = tmp_path / "rounds"
+    command = (
+        f"rounds --out {out} --env dot --rounds 2 --first-episodes 4 --episodes-per-round 4 "
+        "--random-share 0.25 --minutes 0.1 --eval-episodes 2 --workers 1 --max-episode-steps 30"
+    ).split()
+    main(command)
+    printed = capsys.readouterr().out
+    assert "round 0: imagination" in printed and "round 1: imagination" in printed
+    store = EpisodeStore(out / "data")
+    policies = [e["policy"] for e in store.episodes]
+    first_policy = str((out / "round_0" / "imagination").resolve())
+    assert policies == ["random"] * 5 + [first_policy] * 3  # 4 first, then 1 random + 3 policy
+    for phase in ("dynamics", "agent", "imagination"):
+        run = read_run(out / "round_1" / phase)
+        assert run["finished"] and run["init"] == str((out / "round_0" / phase).resolve())
+        assert read_run(out / "round_0" / phase)["init"] is None
+    assert not (out / "round_1" / "tokenizer").exists()  # frozen after round 0
+    results = json.loads((out / "rounds.json").read_text())
+    assert [r["round"] for r in results] == [0, 1]
+    assert {"return_mean", "bc_return_mean", "random_return_mean"} <= set(results[1]["real_env"])
+    assert (out / "learning_curve.png").stat().st_size > 0
+    # rerun: everything done is kept; a lost evaluation and an unfinished phase are redone
+    (out / "round_1" / "eval.json").unlink()
+    run_json = out / "round_1" / "imagination" / "run.json"
+    run_json.write_text(json.dumps(json.loads(run_json.read_text()) | {"finished": False}))
+    metrics = (out / "round_1" / "dynamics" / "metrics.jsonl").read_text()
+    main(command)
+    assert (out / "round_1" / "dynamics" / "metrics.jsonl").read_text() == metrics
+    assert read_run(out / "round_1" / "imagination")["finished"]
+    assert (out / "round_1" / "eval.json").exists() and len(EpisodeStore(out / "data")) == 8
