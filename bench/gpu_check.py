@@ -229,7 +229,7 @@ def learning(device: str, smoke: bool) -> dict:
         rows = [json.loads(line) for line in log]
         losses = [r["loss"] for r in rows if "loss" in r]
         summary = json.loads((out / "metrics.json").read_text())
-    real = summary["agent"]["real_env"]
+    real = summary["final"]["real_env"]
     return {
         "tokenizer_loss_first": losses[0],
         "tokenizer_loss_last": losses[-1],

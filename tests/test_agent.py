@@ -309,6 +309,7 @@ def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
     batch = {k: torch.from_numpy(np.array(v[:window]))[None].repeat(2, *[1] * v.ndim)
              for k, v in episode.items()}  # fmt: skip
     batch["valid"] = torch.ones(2, window, dtype=torch.bool)
+    batch["has_action"] = ~batch["is_first"]
     inputs = latent_batch(batch)
     torch.manual_seed(0)
     cache = model.dynamics.new_cache()
