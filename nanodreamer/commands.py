@@ -371,12 +371,16 @@ def cmd_rounds(args: argparse.Namespace) -> None:
         workers=args.workers,
         imagination={k: v for k, v in settings.items() if v is not None},
     )
+
+    def interval(e: dict, who: str) -> str:  # one episode has no interval (null in JSON)
+        ci = e[f"{who}return_ci95"]
+        return f"{e[f'{who}return_mean']:.1f} ± {'n/a' if ci is None else f'{ci:.1f}'}"
+
     for r in run_rounds(args.out, config):
         e = r["real_env"]
         print(
-            f"round {r['round']}: imagination {e['return_mean']:.1f} ± {e['return_ci95']:.1f}, "
-            f"BC {e['bc_return_mean']:.1f} ± {e['bc_return_ci95']:.1f}, random "
-            f"{e['random_return_mean']:.1f} ± {e['random_return_ci95']:.1f}"
+            f"round {r['round']}: imagination {interval(e, '')}, BC {interval(e, 'bc_')}, "
+            f"random {interval(e, 'random_')}"
         )
 
 
