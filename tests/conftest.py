@@ -1,5 +1,8 @@
+import os
+
 import numpy as np
 import pytest
+import torch
 
 from nanodreamer.cli import main
 from nanodreamer.data import EpisodeStore
@@ -69,3 +72,10 @@ def pytest_collection_modifyitems(items):
     """Tests marked `long` (minutes each) run first, so with `-n 2` the other worker runs the
     rest of the suite beside them and the suite ends when they do."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
+def pytest_configure(config):
+    """One thread per test process (and for the processes tests start): `make test` runs two
+    xdist workers on two cores, and a third thread would make the long test wait for a core."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)

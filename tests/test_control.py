@@ -80,6 +80,24 @@ def test_controllability_of_models_that_follow_or_ignore_actions(dot_data):
     assert follows["counterfactual_actions"] == 6 and follows["counterfactual_contexts"] == 6
 
 
+class NoisyOracle(OracleDot):
+    """The oracle with random noise on every frame: its figures depend on torch's draws."""
+
+    def step(self, action):
+        frames = super().step(action)
+        return (frames + 0.05 * torch.randn_like(frames)).clamp(0, 1)
+
+
+def test_figures_are_seeded_and_leave_the_callers_random_state(dot_data):
+    noisy = NoisyOracle(True)
+    first = counterfactual_dynamics(noisy, dot_data.path, contexts=4, split="all")
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    second = counterfactual_dynamics(noisy, dot_data.path, contexts=4, split="all")
+    assert first == second and first["counterfactual_psnr_h8"] < 50  # the noise is there
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_mean_interval_and_correlation_known_values():
     stats = mean_interval([1, 2, 3, 4, 5])
     assert stats["mean"] == 3 and stats["std"] == pytest.approx(np.sqrt(2.5))

@@ -12,7 +12,7 @@ from nanodreamer import envs
 from nanodreamer.agent import sample_action
 from nanodreamer.data.collect import random_policy
 from nanodreamer.errors import UserError
-from nanodreamer.eval.metrics import mean_interval
+from nanodreamer.eval.metrics import mean_interval, seeded
 from nanodreamer.eval.pictures import save_video
 from nanodreamer.tokenizer import Tokenizer, frames_from_uint8
 from nanodreamer.train.agent import AgentModel, load_agent, read_agent_run
@@ -214,7 +214,8 @@ def evaluate_agent(
 
     seeds = evaluation_seeds(seed, episodes, (e.get("seed") for e in manifest["episodes"]))
     rivals = random_for((cars - 1) * episodes) if opponents == "random" and cars > 1 else None
-    returns = run_episodes(env_name, options, policy, seeds, video, "agent", rivals)
+    with seeded(seed):  # the policy's sampled actions: the same figures on every call
+        returns = run_episodes(env_name, options, policy, seeds, video, "agent", rivals)
     scored = returns[:, :1] if rivals is not None else returns
     results = {f"return_{k}": v for k, v in mean_interval(scored).items()}
     results |= {"returns": scored.ravel().tolist(), "episodes": episodes, "seeds": seeds}

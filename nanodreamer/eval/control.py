@@ -30,7 +30,7 @@ from nanodreamer import envs
 from nanodreamer.data import EpisodeStore, split_episodes
 from nanodreamer.data.collect import random_policy
 from nanodreamer.errors import UserError
-from nanodreamer.eval.metrics import correlation, psnr
+from nanodreamer.eval.metrics import correlation, psnr, seeded
 from nanodreamer.eval.tokenizer import SETTLE_FRAMES
 from nanodreamer.tokenizer import frames_from_uint8
 
@@ -179,11 +179,12 @@ def _per_horizon(scores: np.ndarray, alive: np.ndarray, name: str) -> dict[str, 
 
 
 @torch.no_grad()
+@seeded(0)
 def counterfactual_dynamics(
     world,
     data: str | Path,
     *,
-    contexts: int = 8,
+    contexts: int = 32,
     randoms: int = 2,
     context: int | None = None,
     split: str = "val",
@@ -262,6 +263,7 @@ def _window_sums(x: np.ndarray, window: int) -> np.ndarray:
 
 
 @torch.no_grad()
+@seeded(0)
 def evaluate_control(
     run: str | Path,
     *,

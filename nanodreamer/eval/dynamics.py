@@ -16,7 +16,7 @@ import torch
 
 from nanodreamer.data import EpisodeStore, split_episodes
 from nanodreamer.eval.control import HORIZONS, NotReplayable, counterfactual_dynamics
-from nanodreamer.eval.metrics import psnr
+from nanodreamer.eval.metrics import psnr, seeded
 from nanodreamer.eval.pictures import save_video, side_by_side
 from nanodreamer.eval.tokenizer import SETTLE_FRAMES
 from nanodreamer.tokenizer import frames_from_uint8
@@ -75,6 +75,7 @@ def generation_fps(world: WorldModel, frames: int = 8) -> float:
     return frames / (time.perf_counter() - start)
 
 
+@seeded(0)
 def evaluate_dynamics(
     world: WorldModel,
     data: str | Path,
