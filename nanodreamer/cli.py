@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of KL[policy || BC prior] (random data: the prior is near uniform, so this "
         "acts as an entropy bonus)",
     )
+    p.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=4,
+        help="shortcut steps K per imagined frame (fewer: faster, coarser frames)",
+    )
     p.set_defaults(func=cmd_train_imagination)
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(

@@ -290,7 +290,12 @@ def cmd_train_imagination(args: argparse.Namespace) -> None:
     cfg = train_config(args, imagination_train_config(args.run))
     _fit(
         lambda env: ImaginationPhase(
-            args.run, cfg, horizon=args.horizon, gamma=args.gamma, beta=args.beta
+            args.run,
+            cfg,
+            horizon=args.horizon,
+            gamma=args.gamma,
+            beta=args.beta,
+            steps=args.sampling_steps,
         ),
         cfg,
         args,

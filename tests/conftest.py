@@ -69,8 +69,9 @@ def train_world_model(root, data, steps: int = 3) -> None:
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked `long` (minutes each) run first, so with `-n 2` the other worker runs the
-    rest of the suite beside them and the suite ends when they do."""
+    """Tests marked `long` (minutes each) run first, so with `-n 2 --dist worksteal` the other
+    worker runs the rest of the suite beside them (stealing the tests queued behind them) and
+    the suite ends when they do."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 

@@ -181,6 +181,27 @@ def test_phase3_trains_only_policy_and_value(agent_runs, tmp_path):
         ImaginationPhase(tmp_path / "imagination", cfg)
 
 
+def test_imagination_sampling_steps(agent_runs):
+    """Each imagined frame costs K denoising passes and one pass that reads it into the
+    context; K must be a power of two the world model was trained for."""
+    from nanodreamer.train.agent import ImaginationPhase, imagine_rollouts
+    from nanodreamer.train.distributed import Distributed
+    from nanodreamer.train.trainer import TrainConfig
+
+    cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, workers=0, tensorboard=False)
+    phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3, steps=2)
+    assert phase.run_info()["imagination"]["steps"] == 2
+    batch = next(iter(phase.batches(0, Distributed())))
+    passes = []
+    phase.model.dynamics.register_forward_hook(lambda *_: passes.append(1))
+    for steps in (1, 2, 4):
+        passes.clear()
+        rollout = imagine_rollouts(phase.model, batch, 3, steps)
+        assert rollout["latents"].shape[1] == 3 and len(passes) == 1 + 3 * (steps + 1)
+    with pytest.raises(UserError, match="power of two"):
+        ImaginationPhase(agent_runs / "agent", cfg, steps=3)
+
+
 def test_policy_context_reset_between_episodes(agent_runs):
     from nanodreamer.eval.agent import AgentPolicy
 

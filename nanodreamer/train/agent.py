@@ -24,11 +24,13 @@ from nanodreamer.data.latents import encode_dataset
 from nanodreamer.dynamics import (
     Dynamics,
     DynamicsConfig,
+    check_steps,
     context_inputs,
     denoise,
     shortcut_forcing_loss,
 )
 from nanodreamer.errors import UserError
+from nanodreamer.eval.metrics import seeded
 from nanodreamer.eval.pictures import save_video, side_by_side
 from nanodreamer.nn.attention import KVCache
 from nanodreamer.nn.normalize import RunningRMS
@@ -238,8 +240,9 @@ def imagination_starts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 class ImaginationObjective(nn.Module):
     def __init__(
-        self, model: AgentModel, horizon: int, gamma: float, lam: float, alpha: float, beta: float
-    ):
+        self, model: AgentModel, horizon: int, gamma: float, lam: float, alpha: float, beta: float,
+        steps: int,
+    ):  # fmt: skip
         super().__init__()
         self.model = model
         self.prior = copy.deepcopy(model.heads.policy).requires_grad_(False)
@@ -249,6 +252,7 @@ class ImaginationObjective(nn.Module):
         model.heads.policy.out[1:].requires_grad_(False)  # imagination uses distance 1 only
         model.heads.value.requires_grad_(True)
         self.horizon, self.gamma, self.lam, self.alpha, self.beta = horizon, gamma, lam, alpha, beta
+        self.steps = steps  # sampling steps K per imagined frame
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -258,7 +262,7 @@ class ImaginationObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]):
         heads = self.model.heads
-        rollout = imagine_rollouts(self.model, batch, self.horizon)
+        rollout = imagine_rollouts(self.model, batch, self.horizon, self.steps)
         states, actions = rollout["states"], rollout["actions"]  # (B,H+1,D), (B,H,A)
         with torch.no_grad():  # r_{t+1}, c_{t+1} from h_{t+1}, which has read action t+1
             reward = transition_rewards(heads, states)
@@ -305,6 +309,7 @@ class ImaginationPhase:
         lam: float = 0.95,
         alpha: float = 0.5,
         beta: float = 0.3,
+        steps: int = 4,
         init: str | Path | None = None,
     ):
         """`init`: an imagination run whose policy and value to continue from (rounds); the
@@ -314,6 +319,7 @@ class ImaginationPhase:
             raise UserError(f"{agent_run} is an {info['phase']} run: start from an agent run")
         self.info, self.train, self.agent_run = info, train, Path(agent_run)
         self.model = model.train()
+        check_steps(model.dynamics, steps)
         self.latents = encode_dataset(info["data"], info["tokenizer"])
         window = model.dynamics.config.window
         if train.seq_len < window:
@@ -332,8 +338,9 @@ class ImaginationPhase:
             "lambda": lam,
             "alpha": alpha,
             "beta": beta,
+            "steps": steps,
         }
-        self.objective = ImaginationObjective(model, horizon, gamma, lam, alpha, beta)
+        self.objective = ImaginationObjective(model, horizon, gamma, lam, alpha, beta, steps)
         self.init = init
         if init is not None:
             load_weights(init, model, only=("heads.policy.", "heads.value."))
@@ -354,10 +361,8 @@ class ImaginationPhase:
         batch = {k: v[keep][:8] for k, v in batch.items()}
         device = batch["latents"].device
         objective = self.objective
-        generator_state = torch.get_rng_state()
-        torch.manual_seed(0)
-        rollout = imagine_rollouts(model, batch, objective.horizon)
-        torch.set_rng_state(generator_state)
+        with seeded(0):
+            rollout = imagine_rollouts(model, batch, objective.horizon, objective.steps)
         reward = transition_rewards(model.heads, rollout["states"])
         tokenizer = load_tokenizer(self.info["tokenizer"], device)
         frames = tokenizer.decode(torch.cat([batch["latents"].float(), rollout["latents"]], 1))
