@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="windows trained as separate images (default 0.3; 0 puts all into dynamics)",
     )
     p.add_argument(
+        "--action-bins",
+        type=int,
+        help="bins per continuous action dimension (default 32; discrete actions: one per "
+        "choice); each bin's embedding learns only from the actions that fall in it",
+    )
+    p.add_argument(
         "--labelled-frac",
         type=float,
         help="keep the actions of this share of the labelled episodes, hide the rest "
@@ -200,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--windows", type=int, default=32, help="validation windows to score")
     add_split_flag(p)
-    p.add_argument("--gif", help="where to write the reconstruction GIF")
+    p.add_argument(
+        "--gif",
+        help="default RUN/eval_reconstruction.gif (training writes RUN/reconstruction.gif)",
+    )
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_tokenizer)
@@ -212,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=16)
     add_split_flag(p)
     p.add_argument("--steps", type=int, default=4, help="sampling steps K per frame")
-    p.add_argument("--gif", help="where to write the imagination GIF")
+    p.add_argument(
+        "--gif",
+        help="default RUN/eval_imagination.gif (training writes RUN/imagination.gif)",
+    )
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_dynamics)

@@ -176,7 +176,7 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> None:
     check_dataset_matches(Path(args.data), model.config)
     seq_len = read_run(args.run)["train"]["seq_len"]
     windows = validation_windows(args.data, seq_len, count=args.windows, split=args.split)
-    gif = Path(args.gif) if args.gif else Path(args.run) / "reconstruction.gif"
+    gif = Path(args.gif) if args.gif else Path(args.run) / "eval_reconstruction.gif"
     results = evaluate_tokenizer(model, windows, gif=gif) | {"gif": str(gif)}
     if args.json:
         print(to_json(results))
@@ -204,7 +204,8 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
         env.barrier()
         latents = encode_dataset(args.data, args.tokenizer, env.device)
         config = replace(
-            dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset]), window=cfg.seq_len
+            dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset], args.action_bins),
+            window=cfg.seq_len,
         )
         if args.independent_frac is not None:
             config = replace(config, independent_frac=args.independent_frac)
@@ -219,7 +220,7 @@ def cmd_eval_dynamics(args: argparse.Namespace) -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     world = load_world_model(args.run, device, steps=args.steps)
-    gif = Path(args.gif) if args.gif else Path(args.run) / "imagination.gif"
+    gif = Path(args.gif) if args.gif else Path(args.run) / "eval_imagination.gif"
     results = evaluate_dynamics(
         world, args.data, context=args.context, windows=args.windows, gif=gif, split=args.split
     ) | {"gif": str(gif)}

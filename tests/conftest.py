@@ -77,6 +77,8 @@ def pytest_collection_modifyitems(items):
 
 def pytest_configure(config):
     """One thread per test process (and for the processes tests start): `make test` runs two
-    xdist workers on two cores, and a third thread would make the long test wait for a core."""
+    xdist workers on two cores, and a third thread would make the long test wait for a core.
+    torch.compile's C++ builds run in the test's own process too (not a pool of workers)."""
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     torch.set_num_threads(1)

@@ -39,8 +39,12 @@ def test_latent_cache_matches_tokenizer_and_is_reused(runs):
 def test_eval_dynamics_json(runs, capsys):
     root, data = runs
     capsys.readouterr()
+    trained = (root / "dyn" / "imagination.gif").read_bytes()
     cli(f"eval dynamics --run {root}/dyn --data {data} --json --windows 2 --context 4 --split all")
     results = json.loads(capsys.readouterr().out)
+    # its own GIF: the one training wrote stays
+    assert results["gif"] == str(root / "dyn" / "eval_imagination.gif")
+    assert (root / "dyn" / "imagination.gif").read_bytes() == trained
     keys = "psnr_h1 psnr_h8 baseline_psnr_h8 ceiling_psnr_h8 shuffled_psnr_h8 fps fps_no_cache"
     for key in keys.split():
         assert np.isfinite(results[key]), key
@@ -90,3 +94,28 @@ def test_wrong_phase_and_bad_action_dims(runs, tmp_path):
         config = load_world_model(root / "dyn").dynamics.config
         DynamicsPhase(other, root / "tok", config, TrainConfig())
     assert DYNAMICS_PRESETS["base"].dim == 512 and DYNAMICS_PRESETS["base"].depth == 16
+
+
+def test_action_bins_of_continuous_actions(runs, tmp_path):
+    """`--action-bins` sets the bins of continuous actions (the agent's policy follows them);
+    a discrete dataset's bins are its choices, and another count is refused."""
+    root, data = runs
+    cli(
+        f"train dynamics --data {data} --tokenizer {root}/tok --out {tmp_path}/dyn --steps 2 "
+        "--seq-len 4 --long-seq-len 0 --action-bins 8"
+    )
+    assert load_world_model(tmp_path / "dyn").dynamics.config.action_bins == 8
+    cli(f"train agent --data {data} --world-model {tmp_path}/dyn --out {tmp_path}/agent --steps 1")
+    agent = json.loads((tmp_path / "agent" / "run.json").read_text())
+    assert agent["agent_config"]["action_bins"] == 8
+    from nanodreamer.dynamics import DYNAMICS_PRESETS
+    from nanodreamer.train.dynamics import dynamics_config_for
+
+    latents = encode_dataset(data, root / "tok")
+    latents.data.manifest["action_bins"] = [2, 2]  # as a discrete dataset's manifest says
+    assert dynamics_config_for(latents, DYNAMICS_PRESETS["tiny"]).action_bins == 2
+    with pytest.raises(UserError, match="discrete actions with 2 choices: drop --action-bins 8"):
+        dynamics_config_for(latents, DYNAMICS_PRESETS["tiny"], action_bins=8)
+    latents.data.manifest["action_bins"] = None
+    with pytest.raises(UserError, match="at least 2"):
+        dynamics_config_for(latents, DYNAMICS_PRESETS["tiny"], action_bins=1)

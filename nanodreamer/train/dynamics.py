@@ -106,18 +106,29 @@ def check_actions_match(latents: LatentStore, config: DynamicsConfig) -> None:
         )
 
 
-def dynamics_config_for(latents: LatentStore, preset: DynamicsConfig) -> DynamicsConfig:
-    """The preset, sized to the tokenizer's latents and the dataset's actions."""
+def dynamics_config_for(
+    latents: LatentStore, preset: DynamicsConfig, action_bins: int | None = None
+) -> DynamicsConfig:
+    """The preset, sized to the tokenizer's latents and the dataset's actions. Discrete
+    actions take their number of choices; continuous ones `action_bins` (default: the
+    preset's)."""
     from dataclasses import replace
 
     manifest = latents.data.manifest
     bins = manifest["action_bins"]
+    if bins and action_bins not in (None, max(bins)):
+        raise UserError(
+            f"{latents.data.path} has discrete actions with {max(bins)} choices: "
+            f"drop --action-bins {action_bins} (the bins are the choices)"
+        )
+    if action_bins is not None and action_bins < 2:
+        raise UserError(f"--action-bins must be at least 2, got {action_bins}")
     return replace(
         preset,
         n_latents=latents.manifest["n_latents"],
         latent_dim=latents.manifest["latent_dim"],
         action_dim=manifest["action_dim"],
-        action_bins=max(bins) if bins else preset.action_bins,
+        action_bins=max(bins) if bins else action_bins or preset.action_bins,
     )
 
 
