@@ -145,10 +145,16 @@ def mtp_losses(
     def mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (x * mask).sum() / mask.sum().clamp(min=1)
 
+    def now_and_ahead(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Half for distance 0, the transition imagination reads; half for distances 1..L
+        (averaged over all, distance 0 would get only 1/(L+1) of the loss)."""
+        return 0.5 * mean(x[..., :1], mask[..., :1]) + 0.5 * mean(x[..., 1:], mask[..., 1:])
+
+    mask = targets["reward_mask"].float()
     return {
         "bc": mean(bc, targets["policy_mask"].float()),
-        "reward": mean(reward, targets["reward_mask"].float()),
-        "cont": mean(cont, targets["reward_mask"].float()),
+        "reward": now_and_ahead(reward, mask),
+        "cont": now_and_ahead(cont, mask),
     }
 
 

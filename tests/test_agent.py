@@ -13,6 +13,7 @@ from nanodreamer.agent import (
     kl_categorical,
     lambda_returns,
     log_prob,
+    mtp_losses,
     mtp_targets,
     pmpo_loss,
 )
@@ -65,6 +66,30 @@ def test_only_frames_with_a_complete_context_are_targets():
     assert complete_context(batch["is_first"], 4).tolist() == [[True] * 6, [False] * 3 + [True] * 3]
     mask = mtp_targets(batch, 2, window=4)["reward_mask"][..., 0]
     assert mask.tolist() == [[False] + [True] * 5, [False] * 3 + [True] * 3]
+
+
+def test_distance_zero_gets_half_of_the_reward_and_continuation_losses():
+    """Imagination reads distance 0 only: it gets half of the reward and continuation terms,
+    distances 1..L share the other half (a plain mean would give it 1/(L+1))."""
+    torch.manual_seed(0)
+    heads = AgentHeads(AgentConfig(dim=8, action_dim=2, action_bins=4, mtp=3))
+    t = torch.arange(12)
+    batch = {
+        "action": torch.rand(2, 12, 2) * 2 - 1,
+        "reward": torch.randn(2, 12) * (t > 0),
+        "is_first": (t == 0).expand(2, 12),
+        "is_terminal": t.expand(2, 12) == 11,
+        "valid": torch.ones(2, 12, dtype=torch.bool),
+    }
+    h = torch.randn(2, 12, 8)
+    losses = mtp_losses(heads, h, batch, window=1)
+    targets = mtp_targets(batch, 3, window=1)
+    mask = targets["reward_mask"]
+    per_distance = heads.twohot.loss(heads.reward(h), targets["reward"])  # (B,T,K)
+    d0 = per_distance[..., 0][mask[..., 0]].mean()
+    ahead = per_distance[..., 1:][mask[..., 1:]].mean()
+    assert torch.allclose(losses["reward"], 0.5 * d0 + 0.5 * ahead)
+    assert not torch.allclose(losses["reward"], per_distance[mask].mean())
 
 
 def test_two_hot_round_trip_with_negatives():
