@@ -287,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--random-share", type=float, default=0.2, help="of those, random-policy ones")
     p.add_argument("--minutes", type=float, default=15, help="training budget per round")
+    p.add_argument("--first-minutes", type=float, help="round 0's budget (default --minutes)")
     p.add_argument("--eval-episodes", type=int, default=5, help="full-length, fresh seeds")
     p.add_argument("--workers", type=int, default=2, help="parallel collection envs")
     p.add_argument("--action-repeat", type=int, default=1)
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, help="imagination horizon (default 16)")
     p.add_argument("--gamma", type=float, help="imagination discount (default 0.997)")
     p.add_argument("--beta", type=float, help="KL weight to the BC policy (default 0.3)")
+    p.add_argument("--sampling-steps", type=int, help="per imagined frame (default 4)")
+    p.add_argument("--action-bins", type=int, help="per continuous action dimension (32)")
     p.set_defaults(func=cmd_rounds)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")

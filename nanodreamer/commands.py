@@ -365,6 +365,7 @@ def cmd_rounds(args: argparse.Namespace) -> None:
     if args.max_episode_steps:
         options["max_episode_steps"] = args.max_episode_steps
     settings = {"horizon": args.horizon, "gamma": args.gamma, "beta": args.beta}
+    settings["steps"] = args.sampling_steps
     config = RoundsConfig(
         env=args.env,
         env_options=options,
@@ -373,6 +374,8 @@ def cmd_rounds(args: argparse.Namespace) -> None:
         episodes_per_round=args.episodes_per_round,
         random_share=args.random_share,
         minutes=args.minutes,
+        first_minutes=args.first_minutes,
+        action_bins=args.action_bins,
         eval_episodes=args.eval_episodes,
         workers=args.workers,
         imagination={k: v for k, v in settings.items() if v is not None},

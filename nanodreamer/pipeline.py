@@ -49,6 +49,8 @@ class RoundsConfig:
     episodes_per_round: int = 5  # added before each later round
     random_share: float = 0.2  # of those, from the random policy
     minutes: float = 15.0  # training budget per round, split by SHARES (no tokenizer after 0)
+    first_minutes: float | None = None  # round 0's budget (default: minutes)
+    action_bins: int | None = None  # continuous actions' bins (default: the preset's)
     eval_episodes: int = 5
     workers: int = 2
     preset: str | None = None  # default: tiny on a CPU, small on a GPU
@@ -101,11 +103,14 @@ def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
     here, before = round_dir(out, r), (round_dir(out, r - 1) if r else None)
     shares = SHARES if r == 0 else {k: v for k, v in SHARES.items() if k != "tokenizer"}
     scale = sum(SHARES.values()) / sum(shares.values())
-    budget = {phase: c.minutes * share * scale for phase, share in shares.items()}
+    minutes = c.first_minutes if r == 0 and c.first_minutes is not None else c.minutes
+    budget = {phase: minutes * share * scale for phase, share in shares.items()}
     data, result = out / "data", {"round": r}
     if r == 0:
         result["tokenizer"] = train_tokenizer(data, out / "tokenizer", preset, budget, device)
-    result["dynamics"] = train_dynamics(data, out, here, preset, budget, device, before)
+    result["dynamics"] = train_dynamics(
+        data, out, here, preset, budget, device, before, c.action_bins
+    )
     result |= train_agent(data, here, budget, device, before, c.imagination)
     for phase in PLOTS:
         run = out / "tokenizer" if phase == "tokenizer" else here / phase
@@ -140,7 +145,9 @@ def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device) ->
     return _train(run, lambda: TokenizerPhase(data, config, cfg), cfg, device)
 
 
-def train_dynamics(data, out: Path, here: Path, preset, budget, device, before) -> dict:
+def train_dynamics(
+    data, out: Path, here: Path, preset, budget, device, before, action_bins=None
+) -> dict:
     from nanodreamer.data.latents import encode_dataset
     from nanodreamer.dynamics import DYNAMICS_PRESETS
     from nanodreamer.eval.dynamics import evaluate_dynamics
@@ -154,7 +161,8 @@ def train_dynamics(data, out: Path, here: Path, preset, budget, device, before) 
     cfg = _budget(TRAIN_PRESETS[preset], budget["dynamics"])
     tokenizer = out / "tokenizer"
     latents = encode_dataset(data, tokenizer, device.device)
-    config = replace(dynamics_config_for(latents, DYNAMICS_PRESETS[preset]), window=cfg.seq_len)
+    config = dynamics_config_for(latents, DYNAMICS_PRESETS[preset], action_bins)
+    config = replace(config, window=cfg.seq_len)
     init = before / "dynamics" if before else None
     run = here / "dynamics"
     _train(run, lambda: DynamicsPhase(data, tokenizer, config, cfg, init=init), cfg, device)

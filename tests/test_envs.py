@@ -6,7 +6,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from nanodreamer import envs
-from nanodreamer.envs.car_racing import CarRacingAction
+from nanodreamer.envs.car_racing import CarRacingAction, frames_skipped, redrawn
 from nanodreamer.envs.wrappers import DiscreteAsBins, bin_centers
 from nanodreamer.errors import UserError
 
@@ -49,6 +49,32 @@ def test_action_repeat_sums_rewards():
     rewards = [one.step(action)[1] for _ in range(4)]
     obs_two = [two.step(action) for _ in range(2)]
     np.testing.assert_allclose(sum(rewards), sum(o[1] for o in obs_two), rtol=1e-5)
+
+
+def test_skipped_frames_change_nothing_but_time():
+    """Action repeat draws only the frame it returns, and a redrawn frame after skipped steps
+    is the frame every step drawn: rewards, frames and episode ends are those of AR 1."""
+    one, four = envs.make("car-racing"), envs.make("car-racing", action_repeat=4)
+    one.reset(seed=5)
+    four.reset(seed=5)
+    actions = np.random.default_rng(0).uniform(-1, 1, (6, 2)).astype(np.float32)
+    for action in actions:
+        steps = [one.step(action) for _ in range(4)]
+        obs, reward, *_ = four.step(action)
+        np.testing.assert_array_equal(obs, steps[-1][0])
+        np.testing.assert_allclose(reward, sum(s[1] for s in steps), rtol=1e-5)
+    with frames_skipped(one):
+        stale = [one.step(actions[0])[0] for _ in range(3)]
+    assert all(np.array_equal(frame, steps[-1][0]) for frame in stale)  # nothing drawn
+    fresh = one.step(actions[0])[0]  # drawing is back on after the block
+    four.step(actions[0])
+    np.testing.assert_array_equal(fresh, four.unwrapped.state)
+    np.testing.assert_array_equal(redrawn(one, stale[0]), fresh)
+    small = envs.make("car-racing", resolution=48)  # redrawn frames pass the resize too
+    small.reset(seed=5)
+    with frames_skipped(small):
+        small.step(actions[0])
+    assert redrawn(small, None).shape == (48, 48, 3)
 
 
 def test_gym_env_rendered_and_discrete_bins():

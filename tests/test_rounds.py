@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from nanodreamer.cli import main
 from nanodreamer.data import EpisodeStore
 from nanodreamer.train.checkpoint import read_run
@@ -11,7 +13,8 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     out = tmp_path / "rounds"
     command = (
         f"rounds --out {out} --env dot --rounds 2 --first-episodes 4 --episodes-per-round 4 "
-        "--random-share 0.25 --minutes 0.1 --eval-episodes 2 --workers 1 --max-episode-steps 30"
+        "--random-share 0.25 --minutes 0.1 --eval-episodes 2 --workers 1 --max-episode-steps 30 "
+        "--first-minutes 0.12 --action-bins 8 --sampling-steps 2"
     ).split()
     main(command)
     printed = capsys.readouterr().out
@@ -24,6 +27,9 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
         run = read_run(out / "round_1" / phase)
         assert run["finished"] and run["init"] == str((out / "round_0" / phase).resolve())
         assert read_run(out / "round_0" / phase)["init"] is None
+    assert read_run(out / "round_1" / "dynamics")["model_config"]["action_bins"] == 8
+    assert read_run(out / "round_1" / "imagination")["imagination"]["steps"] == 2
+    assert read_run(out / "tokenizer")["train"]["minutes"] == pytest.approx(0.12 * 0.3)
     assert not (out / "round_1" / "tokenizer").exists()  # frozen after round 0
     results = json.loads((out / "rounds.json").read_text())
     assert [r["round"] for r in results] == [0, 1]

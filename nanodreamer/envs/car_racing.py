@@ -1,9 +1,12 @@
-"""Gymnasium CarRacing-v3 with the seed's 2-D normalised action."""
+"""Gymnasium CarRacing-v3 with the seed's 2-D normalised action, and steps that skip drawing."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.box2d.car_racing import CarRacing
 
 
 class CarRacingAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
@@ -25,3 +28,38 @@ class CarRacingAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
 def make_car_racing(**gym_kwargs) -> gym.Env:
     env = gym.make("CarRacing-v3", render_mode="rgb_array", continuous=True, **gym_kwargs)
     return CarRacingAction(env)
+
+
+# Drawing a frame is about 99% of a CarRacing step's time and changes neither the physics nor
+# the reward, so steps whose frame nobody reads (the first repeats of an action repeat, the
+# prefix a replay steps through) skip it.
+@contextmanager
+def frames_skipped(env: gym.Env):
+    """Within: `env`'s steps return the last frame drawn instead of drawing a new one (a no-op
+    for envs other than CarRacing, and inside another `frames_skipped`)."""
+    base = env.unwrapped
+    if type(base) is not CarRacing or "_render" in vars(base):
+        yield
+        return
+    base._render = lambda mode: base.state.copy()  # a new array, as every step returns
+    try:
+        yield
+    finally:
+        del base._render
+
+
+def redrawn(env: gym.Env, obs: np.ndarray) -> np.ndarray:
+    """The frame of `env`'s current state (through its observation wrappers), for `obs`
+    returned by a step in `frames_skipped`."""
+    base = env.unwrapped
+    if type(base) is not CarRacing:
+        return obs
+    frame = base.state = base._render("state_pixels")
+    wrappers = []
+    while env is not base:
+        if isinstance(env, gym.ObservationWrapper):
+            wrappers.append(env)
+        env = env.env
+    for wrapper in reversed(wrappers):  # innermost first
+        frame = wrapper.observation(frame)
+    return frame

@@ -6,13 +6,18 @@ lists them and `gymnasium.make(env.spec)` rebuilds the same wrapped env (what Mi
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import gymnasium as gym
 import numpy as np
 from PIL import Image
 
+from nanodreamer.envs.car_racing import frames_skipped, redrawn
+
 
 class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Repeat each action `repeat` times, summing rewards and stopping at episode end."""
+    """Repeat each action `repeat` times, summing rewards and stopping at episode end. Frames
+    that are not returned are not drawn where the env allows it (`frames_skipped`)."""
 
     def __init__(self, env: gym.Env, repeat: int):
         gym.utils.RecordConstructorArgs.__init__(self, repeat=repeat)
@@ -23,10 +28,13 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action):
         total = 0.0
-        for _ in range(self.repeat):
-            obs, reward, terminated, truncated, info = self.env.step(action)
+        for i in range(self.repeat):
+            last = i == self.repeat - 1  # only the last repeat's frame is returned: draw only it
+            with nullcontext() if last else frames_skipped(self.env):
+                obs, reward, terminated, truncated, info = self.env.step(action)
             total = total + reward  # a float, or one per car for multi-car racing
             if terminated or truncated:
+                obs = obs if last else redrawn(self.env, obs)
                 break
         return obs, total, terminated, truncated, info
 

@@ -29,6 +29,7 @@ import torch
 from nanodreamer import envs
 from nanodreamer.data import EpisodeStore, split_episodes
 from nanodreamer.data.collect import random_policy
+from nanodreamer.envs.car_racing import frames_skipped
 from nanodreamer.errors import UserError
 from nanodreamer.eval.metrics import correlation, psnr, seeded
 from nanodreamer.eval.tokenizer import SETTLE_FRAMES
@@ -107,8 +108,11 @@ class Replay:
         zero action): the env is then in the episode's state at frame T-1, whose frame this
         returns."""
         obs, _ = self.env.reset(seed=seed)
-        for action in prefix[1:]:
-            obs, *_ = self.env.step(action)
+        with frames_skipped(self.env):  # only the last frame is read
+            for action in prefix[1:-1]:
+                self.env.step(action)
+        if len(prefix) > 1:
+            obs, *_ = self.env.step(prefix[-1])
         return obs
 
     def branch(self, seed: int, prefix: np.ndarray, actions: np.ndarray) -> dict:
