@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patch", type=int, help="patch size (default: the preset's, 8; 4 for frames under 64 px)"
     )
+    p.add_argument("--latents", type=int, help="latent tokens per frame (default: the preset's)")
+    p.add_argument("--latent-dim", type=int, help="width of each latent (default: the preset's)")
     p.set_defaults(func=cmd_train_tokenizer)
 
     from nanodreamer.dynamics import DYNAMICS_PRESETS

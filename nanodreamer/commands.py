@@ -155,6 +155,12 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     cfg = train_config(args, TRAIN_PRESETS[args.preset])
     preset = TOKENIZER_PRESETS[args.preset]
     config = tokenizer_config_for(args.data, preset, cfg.seq_len, args.patch)
+    code = {"latents": args.latents, "latent-dim": args.latent_dim}  # flag -> value
+    for flag, value in code.items():
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} must be at least 1, got {value}")
+    n, width = args.latents or config.n_latents, args.latent_dim or config.latent_dim
+    config = replace(config, n_latents=n, latent_dim=width)
 
     def phase(env):
         tokenizer_phase = TokenizerPhase(args.data, config, cfg)
