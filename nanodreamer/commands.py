@@ -155,10 +155,9 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     cfg = train_config(args, TRAIN_PRESETS[args.preset])
     preset = TOKENIZER_PRESETS[args.preset]
     config = tokenizer_config_for(args.data, preset, cfg.seq_len, args.patch)
-    code = {"latents": args.latents, "latent-dim": args.latent_dim}  # flag -> value
-    for flag, value in code.items():
+    for flag, value in (("--latents", args.latents), ("--latent-dim", args.latent_dim)):
         if value is not None and value < 1:
-            raise UserError(f"--{flag} must be at least 1, got {value}")
+            raise UserError(f"{flag} must be at least 1, got {value}")
     n, width = args.latents or config.n_latents, args.latent_dim or config.latent_dim
     config = replace(config, n_latents=n, latent_dim=width)
 
@@ -371,7 +370,7 @@ def cmd_rounds(args: argparse.Namespace) -> None:
     if args.max_episode_steps:
         options["max_episode_steps"] = args.max_episode_steps
     settings = {"horizon": args.horizon, "gamma": args.gamma, "beta": args.beta}
-    settings["steps"] = args.sampling_steps
+    settings |= {"steps": args.sampling_steps}
     config = RoundsConfig(
         env=args.env,
         env_options=options,

@@ -34,7 +34,8 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
                 obs, reward, terminated, truncated, info = self.env.step(action)
             total = total + reward  # a float, or one per car for multi-car racing
             if terminated or truncated:
-                obs = obs if last else redrawn(self.env, obs)
+                if not last:  # ended early: draw the frame it ended on
+                    obs = redrawn(self.env, obs)
                 break
         return obs, total, terminated, truncated, info
 
