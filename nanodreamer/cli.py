@@ -18,6 +18,7 @@ from nanodreamer.commands import (
     cmd_imagine,
     cmd_import_minari,
     cmd_import_video,
+    cmd_pack,
     cmd_play,
     cmd_rounds,
     cmd_train_agent,
@@ -29,6 +30,14 @@ from nanodreamer.commands import (
 from nanodreamer.errors import UserError
 
 __all__ = ["build_parser", "main", "train_config"]
+
+
+def add_run_or_pretrained(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--run", help=what)
+    group.add_argument(
+        "--pretrained", metavar="NAME", help="the models shipped with nanodreamer: car-racing"
+    )
 
 
 def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
@@ -159,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="windows trained as separate images (default 0.3; 0 puts all into dynamics)",
     )
     p.add_argument(
+        "--residual",
+        action="store_true",
+        help="predict each frame as the previous one plus a change (starts as copy-last-frame)",
+    )
+    p.add_argument(
         "--action-bins",
         type=int,
         help="bins per continuous action dimension (default 32; discrete actions: one per "
@@ -198,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="shortcut steps K per imagined frame (fewer: faster, coarser frames)",
     )
+    p.add_argument(
+        "--value-warmup",
+        type=int,
+        default=0,
+        help="first updates train the value alone, so advantages are not all one sign",
+    )
     p.set_defaults(func=cmd_train_imagination)
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(
@@ -232,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval_dynamics)
 
     p = evaluate.add_parser("agent", help="return in the real env beside a random policy")
-    p.add_argument("--run", required=True, help="agent or imagination run folder")
+    add_run_or_pretrained(p, "agent or imagination run folder")
     p.add_argument("--env", required=True)
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -266,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_imagine)
 
     p = sub.add_parser("play", help="drive inside a world model in the browser")
-    p.add_argument("--run", required=True, help="dynamics (or agent) run folder")
+    add_run_or_pretrained(p, "dynamics (or agent) run folder")
     p.add_argument("--data", help="dataset whose episodes give start frames")
     p.add_argument("--agent", help="agent run that can drive (a toggle on the page)")
     p.add_argument("--host", default="127.0.0.1")
@@ -278,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=4, help="real start frames from --data")
     p.add_argument("--device")
     p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("pack", help="an imagination run as a self-contained pretrained folder")
+    p.add_argument("--run", required=True, help="imagination run folder")
+    p.add_argument("--out", required=True, help="folder to write (replaced)")
+    p.add_argument("--episodes", type=int, default=4, help="held-out episodes to include")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("rounds", help="rounds of collect -> train -> evaluate in one folder")
     p.add_argument("--out", required=True, help="folder (rerun the same command to resume)")
@@ -298,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, help="imagination discount (default 0.997)")
     p.add_argument("--beta", type=float, help="KL weight to the BC policy (default 0.3)")
     p.add_argument("--sampling-steps", type=int, help="per imagined frame (default 4)")
+    p.add_argument("--value-warmup", type=int, help="value-only imagination updates (default 0)")
     p.add_argument("--action-bins", type=int, help="per continuous action dimension (32)")
     p.set_defaults(func=cmd_rounds)
 

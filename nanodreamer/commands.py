@@ -13,6 +13,7 @@ import torch
 
 from nanodreamer.errors import UserError
 from nanodreamer.io import to_json
+from nanodreamer.pretrained import pack, pretrained
 from nanodreamer.train import distributed
 from nanodreamer.train.trainer import TrainConfig, Trainer
 
@@ -214,6 +215,7 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
         )
         if args.independent_frac is not None:
             config = replace(config, independent_frac=args.independent_frac)
+        config = replace(config, residual=args.residual or config.residual)
         return DynamicsPhase(args.data, args.tokenizer, config, cfg)
 
     _fit(phase, cfg, args)
@@ -302,6 +304,7 @@ def cmd_train_imagination(args: argparse.Namespace) -> None:
             gamma=args.gamma,
             beta=args.beta,
             steps=args.sampling_steps,
+            value_warmup=args.value_warmup,
         ),
         cfg,
         args,
@@ -324,8 +327,9 @@ def cmd_eval_agent(args: argparse.Namespace) -> None:
     from nanodreamer.eval.agent import evaluate_agent
     from nanodreamer.eval.control import control_figures
 
+    run = args.run or str(pretrained(args.pretrained) / "agent")
     results = evaluate_agent(
-        args.run,
+        run,
         args.env,
         args.episodes,
         seed=args.seed,
@@ -335,7 +339,7 @@ def cmd_eval_agent(args: argparse.Namespace) -> None:
         num_cars=args.num_cars,
         opponents=args.opponents,
     )
-    results |= control_figures(args.run)
+    results |= control_figures(run)
     if args.json:
         print(to_json(results))
         return
@@ -370,7 +374,7 @@ def cmd_rounds(args: argparse.Namespace) -> None:
     if args.max_episode_steps:
         options["max_episode_steps"] = args.max_episode_steps
     settings = {"horizon": args.horizon, "gamma": args.gamma, "beta": args.beta}
-    settings |= {"steps": args.sampling_steps}
+    settings |= {"steps": args.sampling_steps, "value_warmup": args.value_warmup}
     config = RoundsConfig(
         env=args.env,
         env_options=options,
@@ -415,4 +419,14 @@ def cmd_play(args: argparse.Namespace) -> None:
         )
     config = {k: getattr(args, k) for k in ("run", "data", "agent", "host", "port", "fps")}
     config |= {"max_sessions": args.max_sessions, "steps": args.steps, "device": args.device}
+    if args.pretrained:  # its world model and agent are one run; its episodes give start frames
+        folder = pretrained(args.pretrained)
+        config |= {"run": str(folder / "agent"), "agent": config["agent"] or str(folder / "agent")}
+        config["data"] = config["data"] or str(folder / "data")
     serve(PlayConfig(**config, context=args.context))
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    out = pack(args.run, args.out, args.episodes)
+    size = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 2**20
+    print(f"{out}: {size:.1f} MB of weights; use it with --run {out / 'agent'}")

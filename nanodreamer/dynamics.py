@@ -44,6 +44,10 @@ class DynamicsConfig:
     independent_frac: float = 0.3  # sequences trained as independent images
     bootstrap_frac: float = 0.25  # sequences that get bootstrap (d > d_min) targets
     context_signal: float = 0.9  # signal level of fed-back context frames
+    # Predict each frame as the previous frame's clean latents plus a change (zero base at an
+    # episode's or window's first frame): an untrained model starts as "copy the last frame",
+    # and training spends itself on what moves, which is where the actions act.
+    residual: bool = False
 
     @property
     def tokens(self) -> int:
@@ -97,6 +101,9 @@ class Dynamics(nn.Module):
             self.layout, c.dim, c.depth, c.heads, c.kv_heads, c.time_every, c.window, c.mlp_ratio
         )
         self.latent_out = nn.Linear(c.dim, c.group * c.latent_dim)
+        if c.residual:  # an untrained model copies the previous frame exactly
+            nn.init.zeros_(self.latent_out.weight)
+            nn.init.zeros_(self.latent_out.bias)
 
     # embeddings -------------------------------------------------------------------------------
     def embed_actions(self, action: torch.Tensor, has_action: torch.Tensor) -> torch.Tensor:
@@ -150,6 +157,7 @@ class Dynamics(nn.Module):
         independent: torch.Tensor | None = None,  # (B,) bool: frames as separate images
         cache: KVCache | None = None,
         update_cache: bool = True,
+        base: torch.Tensor | None = None,  # (B,T,N,Dl) residual bases (`frame_bases`)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (predicted clean latents (B,T,N,Dl), transformer outputs (B,T,S,D))."""
         c = self.config
@@ -157,7 +165,7 @@ class Dynamics(nn.Module):
         h = self.transformer(x, cache=cache, update_cache=update_cache, independent=independent)
         out = self.latent_out(h[:, :, self.layout.slice("latents")])
         z1 = rearrange(out, "b t n (g c) -> b t (n g) c", g=c.group)
-        return z1, h
+        return (z1 if base is None else z1 + base.to(z1.dtype)), h
 
     def new_cache(self) -> KVCache:
         return KVCache()
@@ -168,6 +176,21 @@ class Dynamics(nn.Module):
             raise UserError(f"actions must have {a} dimensions, got shape {tuple(action.shape)}")
         if action.numel() and action.abs().max() > 1:
             raise UserError("actions must lie in [-1, 1]: normalise them per dimension")
+
+
+def frame_bases(config: DynamicsConfig, z1, is_first=None, independent=None):
+    """Residual bases (B,T,N,Dl) of clean latents z1 (B,T,N,Dl): each frame's previous frame,
+    zero for the window's first frame, an episode's first (`is_first` (B,T)) and sequences
+    trained as `independent` images (B,); None for a model without `residual`."""
+    if not config.residual:
+        return None
+    base = torch.cat([torch.zeros_like(z1[:, :1]), z1[:, :-1]], 1)
+    keep = torch.ones(z1.shape[:2], dtype=torch.bool, device=z1.device)
+    if is_first is not None:
+        keep &= ~is_first
+    if independent is not None:
+        keep &= ~independent[:, None]
+    return base * keep[..., None, None]
 
 
 # shortcut forcing ---------------------------------------------------------------------------------
@@ -201,6 +224,7 @@ def shortcut_forcing_loss(
     valid: torch.Tensor,  # (B,T) bool, real (not padded) frames
     task: torch.Tensor | None = None,
     noise: dict[str, torch.Tensor] | None = None,  # from draw_noise (drawn when None)
+    is_first: torch.Tensor | None = None,  # (B,T) bool, episode starts (residual models)
 ) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """Shortcut forcing with x-prediction (SPEC). Returns (loss, metrics, transformer outputs).
 
@@ -215,6 +239,7 @@ def shortcut_forcing_loss(
     k, tau, independent = n["step_index"], n["tau"], n["independent"]
     k_max = int(math.log2(c.max_steps))
     zt = (1 - tau[..., None, None]) * n["z0"] + tau[..., None, None] * z1
+    base = frame_bases(c, z1, is_first, independent)
     flow = k == k_max  # (B,T)
     bootstrap = (~flow).any()
     if bootstrap:  # the teachers run first, while no activations are held for the backward
@@ -223,8 +248,9 @@ def shortcut_forcing_loss(
             model,
             *(x[rows] for x in (zt, tau, k, action, has_action, independent, ~flow)),
             task=None if task is None else task[rows],
+            base=None if base is None else base[rows],
         )
-    pred, h = model(zt, tau, k, action, has_action, task=task, independent=independent)
+    pred, h = model(zt, tau, k, action, has_action, task=task, independent=independent, base=base)
     err = (pred.float() - z1.float()).pow(2).mean((2, 3))  # flow error per frame
     if bootstrap:
         velocity = (pred[rows].float() - zt[rows].float()) / (1 - tau[rows])[..., None, None]
@@ -241,15 +267,18 @@ def shortcut_forcing_loss(
 
 
 @torch.no_grad()
-def _bootstrap_velocity(model, zt, tau, k, action, has_action, independent, boot, task=None):
+def _bootstrap_velocity(
+    model, zt, tau, k, action, has_action, independent, boot, task=None, base=None
+):
     """sg(b' + b'') / 2 for the frames in `boot` (B,T); other frames keep their inputs."""
     d = 2.0 ** -k.float()
     half_k = torch.where(boot, k + 1, k)
-    p1, _ = model(zt, tau, half_k, action, has_action, task=task, independent=independent)
+    options = {"task": task, "independent": independent, "base": base}
+    p1, _ = model(zt, tau, half_k, action, has_action, **options)
     b1 = (p1.float() - zt) / (1 - tau)[..., None, None]
     z_mid = torch.where(boot[..., None, None], zt + b1 * (d / 2)[..., None, None], zt)
     tau_mid = torch.where(boot, tau + d / 2, tau)
-    p2, _ = model(z_mid, tau_mid, half_k, action, has_action, task=task, independent=independent)
+    p2, _ = model(z_mid, tau_mid, half_k, action, has_action, **options)
     b2 = (p2.float() - z_mid) / (1 - tau_mid)[..., None, None]
     return (b1 + b2) / 2
 
@@ -276,26 +305,32 @@ def frame_inputs(z, tau, step_index, action, has_action) -> dict[str, torch.Tens
     }
 
 
-def predict_new_frame(model: Dynamics, frame: dict, context, task=None) -> torch.Tensor:
+def predict_new_frame(model: Dynamics, frame: dict, context, task=None, last=None):
     """Clean-latent prediction (B,N,Dl) for the new frame after `context`: a KVCache of past
-    frames (or None), or, to run without a cache, a dict of past frames' inputs (B,T,...)."""
+    frames (or None), or, to run without a cache, a dict of past frames' inputs (B,T,...).
+    `last` (B,N,Dl): the previous frame's clean latents, the base of a residual model (None
+    at an episode's first frame)."""
+    base = last[:, None] if model.config.residual and last is not None else None
     if isinstance(context, dict):
         inputs = {key: torch.cat([context[key], frame[key]], 1) for key in frame}
-        pred, _ = model(**inputs, task=task)
+        if base is not None:  # only the new frame's prediction is read
+            base = torch.cat([torch.zeros_like(context["z"]), base], 1)
+        pred, _ = model(**inputs, task=task, base=base)
     else:
-        pred, _ = model(**frame, task=task, cache=context, update_cache=False)
+        pred, _ = model(**frame, task=task, cache=context, update_cache=False, base=base)
     return pred[:, -1]
 
 
 @torch.no_grad()
-def denoise(model: Dynamics, noise, action, has_action, steps: int, context, task=None):
+def denoise(model: Dynamics, noise, action, has_action, steps: int, context, task=None, last=None):
     """Generate one frame's latents (B,N,Dl) from noise (B,N,Dl) in `steps` shortcut steps of
-    d = 1/steps on the grid tau = 0, d, ..., 1 - d: z <- z + d (z1_hat - z) / (1 - tau)."""
+    d = 1/steps on the grid tau = 0, d, ..., 1 - d: z <- z + d (z1_hat - z) / (1 - tau).
+    `last`: the previous frame's clean latents (`predict_new_frame`)."""
     check_steps(model, steps)
     k, d, z = int(math.log2(steps)), 1.0 / steps, noise
     for i in range(steps):
         frame = frame_inputs(z, i * d, k, action, has_action)
-        pred = predict_new_frame(model, frame, context, task).float()
+        pred = predict_new_frame(model, frame, context, task, last).float()
         z = z + d * (pred - z) / (1 - i * d)
     return z
 

@@ -206,6 +206,31 @@ def test_phase3_trains_only_policy_and_value(agent_runs, tmp_path):
         ImaginationPhase(tmp_path / "imagination", cfg)
 
 
+def test_value_warmup_trains_the_value_alone_and_resumes(agent_runs, tmp_path):
+    """The first `value_warmup` updates leave the policy as it is; the count is saved, so a
+    resumed run does not warm up again."""
+    from dataclasses import replace
+
+    from nanodreamer.train.agent import ImaginationPhase
+    from nanodreamer.train.distributed import Distributed
+    from nanodreamer.train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, workers=0, tensorboard=False, lr=1e-2)
+
+    def train(cfg, resume):
+        phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3, value_warmup=2)
+        before = {k: v.clone() for k, v in phase.model.state_dict().items()}
+        Trainer(tmp_path / "imagination", phase, cfg, Distributed()).fit(resume=resume)
+        after = phase.model.state_dict()
+        return phase, {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+
+    phase, changed = train(cfg, resume=False)
+    assert changed == {"value"} and phase.objective.updates == 2
+    phase, changed = train(replace(cfg, steps=3), resume=True)
+    assert "policy" in changed and phase.objective.updates == 3
+    assert phase.run_info()["imagination"]["value_warmup"] == 2
+
+
 def test_imagination_sampling_steps(agent_runs):
     """Each imagined frame costs K denoising passes and one pass that reads it into the
     context; K must be a power of two the world model was trained for."""
@@ -362,7 +387,7 @@ def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
     state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)[:, -1]
     forced = torch.tensor([[[0.8, 0.0]], [[-0.8, 0.3]]])
     with torch.no_grad():
-        states = rollout_from(model, state, cache, 1, forced)["states"]
+        states = rollout_from(model, state, cache, inputs["z1"][:, -1], 1, forced)["states"]
         reward = transition_rewards(model.heads, states)
     assert reward[0, 0] == pytest.approx(1.6, abs=0.5), reward
     assert reward[1, 0] == pytest.approx(-1.6, abs=0.5), reward

@@ -11,6 +11,7 @@ from nanodreamer.dynamics import (
     DynamicsConfig,
     denoise,
     draw_noise,
+    frame_bases,
     shortcut_forcing_loss,
 )
 from nanodreamer.errors import UserError
@@ -124,7 +125,10 @@ class Affine(nn.Module):
         self.config = config
         self.w, self.v = nn.Parameter(torch.tensor(0.7)), nn.Parameter(torch.tensor(0.2))
 
-    def forward(self, z, tau, step_index, action, has_action, task=None, independent=None):
+    def forward(
+        self, z, tau, step_index, action, has_action, task=None, independent=None, base=None
+    ):
+        assert base is None  # not a residual model
         return self.w * z + self.v, None
 
 
@@ -196,21 +200,23 @@ def test_independent_frames_ignore_each_other(model):
     torch.testing.assert_close(alone[:, 2:3], single, atol=1e-5, rtol=1e-5)
 
 
-def world(use_cache, seed=0, steps=4):
+def world(use_cache, seed=0, steps=4, residual=False):
     torch.manual_seed(0)
     tok = Tokenizer(replace(TINY_TOKENIZER, window=3))
-    dyn = Dynamics(SMALL)
+    dyn = Dynamics(replace(SMALL, residual=residual))
+    if residual:  # not the untrained copy of the last frame
+        nn.init.normal_(dyn.latent_out.weight, std=0.1)
     generator = torch.Generator().manual_seed(seed)
     return WorldModel(tok, dyn, steps=steps, use_cache=use_cache, generator=generator)
 
 
-@pytest.mark.parametrize("steps", [1, 4])
-def test_cached_generation_equals_uncached(steps):
+@pytest.mark.parametrize("steps,residual", [(1, False), (4, False), (4, True)])
+def test_cached_generation_equals_uncached(steps, residual):
     frames = torch.rand(2, 3, 3, 16, 16)
     actions = torch.rand(2, 3, 2) * 2 - 1
     future = torch.rand(2, 7, 2) * 2 - 1  # longer than the window: the context rolls
-    cached = world(True, steps=steps).imagine(frames, actions, future)
-    uncached = world(False, steps=steps).imagine(frames, actions, future)
+    cached = world(True, steps=steps, residual=residual).imagine(frames, actions, future)
+    uncached = world(False, steps=steps, residual=residual).imagine(frames, actions, future)
     assert cached.shape == (2, 7, 3, 16, 16) and cached.min() >= 0 and cached.max() <= 1
     torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
 
@@ -243,10 +249,26 @@ def test_denoise_one_step_returns_prediction(model):
     torch.testing.assert_close(z, pred[:, 0])
 
 
-def test_learns_on_tiny_data():
+def test_residual_bases_and_an_untrained_residual_model_copies_the_last_frame():
+    config = replace(SMALL, residual=True)
+    z1 = torch.randn(3, 4, 4, 3)
+    is_first = torch.zeros(3, 4, dtype=torch.bool)
+    is_first[1, 2] = True
+    base = frame_bases(config, z1, is_first, independent=torch.tensor([False, False, True]))
+    assert (base[:, 0] == 0).all() and (base[2] == 0).all() and (base[1, 2] == 0).all()
+    assert torch.equal(base[0, 1:], z1[0, :-1]) and torch.equal(base[1, 3], z1[1, 2])
+    assert frame_bases(SMALL, z1) is None
+    w = WorldModel(Tokenizer(replace(TINY_TOKENIZER, window=3)), Dynamics(config), steps=4)
+    w.reset(torch.rand(2, 3, 3, 16, 16), torch.zeros(2, 3, 2))
+    last = w.last
+    torch.testing.assert_close(w.step_latents(torch.rand(2, 2) * 2 - 1), last)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_learns_on_tiny_data(residual):
     """Latent sequences that drift by the action: the model must learn to use both."""
     torch.manual_seed(0)
-    config = replace(SMALL, max_steps=4, window=4)
+    config = replace(SMALL, max_steps=4, window=4, residual=residual)
     model = Dynamics(config)
     b, t = 16, 4
     action = torch.rand(b, t, 2) * 2 - 1
@@ -261,5 +283,6 @@ def test_learns_on_tiny_data():
         loss.backward()
         opt.step()
         losses.append(metrics["flow_mse"].item())
-    assert sum(losses[-15:]) < 0.5 * sum(losses[:15])
+    # a residual model starts as "copy the last frame", already a third of the plain one's loss
+    assert sum(losses[-15:]) < (0.7 if residual else 0.5) * sum(losses[:15])
     assert math.isfinite(losses[-1])

@@ -173,6 +173,13 @@ class EpisodeStore:
         _write_manifest(self.path, self.manifest)
         return len(self.episodes) - 1
 
+    def annotate(self, **fields) -> None:
+        """Add fields to the manifest (e.g. `collection_seeds`), written atomically."""
+        if self._lock is None:
+            raise UserError(f"{self.path} was opened read-only: use EpisodeStore.create to append")
+        self.manifest.update(fields)
+        _write_manifest(self.path, self.manifest)
+
     def close(self) -> None:
         if self._lock is not None:
             self._lock.close()

@@ -29,6 +29,7 @@ class AgentStream:
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.encoder, self.context = tokenizer.new_cache(), model.dynamics.new_cache()
+        self.last = None  # (B,N,Dl) the newest frame's latents (a residual model's base)
 
     @torch.no_grad()
     def observe(self, obs: np.ndarray, action, has_action) -> torch.Tensor:
@@ -36,6 +37,7 @@ class AgentStream:
         one (B,T) -> their agent states h (B,T,D)."""
         frames = frames_from_uint8(torch.as_tensor(obs, device=self.device))
         z = self.tokenizer.encode(frames, self.encoder)
+        self.last = z[:, -1]
         action = torch.as_tensor(action, device=self.device).float()
         has_action = torch.as_tensor(has_action, device=self.device)
         return self.model.observe(z, action, has_action, self.context)
@@ -212,7 +214,8 @@ def evaluate_agent(
     def random_for(streams: int):
         return random_policy(env_name, streams, action_dim, seed)
 
-    seeds = evaluation_seeds(seed, episodes, (e.get("seed") for e in manifest["episodes"]))
+    taken = [e.get("seed") for e in manifest["episodes"]] + manifest.get("collection_seeds", [])
+    seeds = evaluation_seeds(seed, episodes, taken)
     rivals = random_for((cars - 1) * episodes) if opponents == "random" and cars > 1 else None
     with seeded(seed):  # the policy's sampled actions: the same figures on every call
         returns = run_episodes(env_name, options, policy, seeds, video, "agent", rivals)

@@ -310,12 +310,14 @@ def evaluate_control(
         branch = []
         for actions in alternatives:
             forced = torch.from_numpy(actions)[None]
-            out = rollout_from(model, state, copy.deepcopy(stream.context), horizon, forced)
+            out = rollout_from(
+                model, state, copy.deepcopy(stream.context), stream.last, horizon, forced
+            )
             branch.append(transition_rewards(model.heads, out["states"])[0].cpu().numpy())
         predicted.append(np.stack(branch))
         returns = []
         for _ in range(imagined_samples):
-            out = rollout_from(model, state, copy.deepcopy(stream.context), horizon)
+            out = rollout_from(model, state, copy.deepcopy(stream.context), stream.last, horizon)
             reward = transition_rewards(model.heads, out["states"])
             cont = torch.sigmoid(model.heads.cont(out["states"][:, 1:], 1)[:, :, 0, 0].float())
             alive = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)

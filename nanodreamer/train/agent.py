@@ -199,13 +199,16 @@ def imagine_rollouts(model: AgentModel, batch: dict, horizon: int, steps: int = 
     inputs = latent_batch(batch)
     cache = model.dynamics.new_cache()
     state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)[:, -1]
-    return rollout_from(model, state, cache, horizon, steps=steps)
+    return rollout_from(model, state, cache, inputs["z1"][:, -1], horizon, steps=steps)
 
 
 @torch.no_grad()
-def rollout_from(model: AgentModel, state, cache: KVCache, horizon: int, actions=None, steps=4):
+def rollout_from(
+    model: AgentModel, state, cache: KVCache, last, horizon: int, actions=None, steps=4
+):
     """Continue `horizon` steps from agent features `state` (B,D) after the context in `cache`,
-    taking the policy's sampled actions, or `actions` (B,H,A) when given."""
+    whose newest frame has clean latents `last` (B,N,Dl), taking the policy's sampled actions,
+    or `actions` (B,H,A) when given."""
     dynamics, c = model.dynamics, model.dynamics.config
     yes = torch.ones(state.shape[0], 1, dtype=torch.bool, device=state.device)
     states, taken, latents = [state], [], []
@@ -215,7 +218,7 @@ def rollout_from(model: AgentModel, state, cache: KVCache, horizon: int, actions
         else:
             action = actions[:, t].to(state.device).float()
         noise = torch.randn(state.shape[0], c.n_latents, c.latent_dim, device=state.device)
-        z = denoise(dynamics, noise, action, yes[:, 0], steps, cache)
+        z = last = denoise(dynamics, noise, action, yes[:, 0], steps, cache, last=last)
         state = model.observe(z[:, None], action[:, None], yes, cache)[:, -1]
         states.append(state)
         taken.append(action)
@@ -241,7 +244,7 @@ def imagination_starts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class ImaginationObjective(nn.Module):
     def __init__(
         self, model: AgentModel, horizon: int, gamma: float, lam: float, alpha: float, beta: float,
-        steps: int,
+        steps: int, value_warmup: int = 0,
     ):  # fmt: skip
         super().__init__()
         self.model = model
@@ -253,6 +256,11 @@ class ImaginationObjective(nn.Module):
         model.heads.value.requires_grad_(True)
         self.horizon, self.gamma, self.lam, self.alpha, self.beta = horizon, gamma, lam, alpha, beta
         self.steps = steps  # sampling steps K per imagined frame
+        # The value head starts at 0 while imagined returns are not (car racing: about -6), so
+        # at first every advantage has one sign and PMPO would push down every sampled action.
+        # The first `value_warmup` updates train the value alone. Saved with the objective.
+        self.value_warmup = value_warmup
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -285,6 +293,10 @@ class ImaginationObjective(nn.Module):
             self.beta,
         )
         value_loss = (heads.twohot.loss(value_logits[:, :-1], returns) * weight).mean()
+        if self.training:
+            self.updates += 1
+        if self.updates <= self.value_warmup:
+            policy_loss = policy_loss.detach()  # no gradient: the optimiser skips the policy
         metrics = {
             "return": returns[:, 0].mean().detach(),
             "reward": reward.mean(),
@@ -310,6 +322,7 @@ class ImaginationPhase:
         alpha: float = 0.5,
         beta: float = 0.3,
         steps: int = 4,
+        value_warmup: int = 0,
         init: str | Path | None = None,
     ):
         """`init`: an imagination run whose policy and value to continue from (rounds); the
@@ -339,8 +352,9 @@ class ImaginationPhase:
             "alpha": alpha,
             "beta": beta,
             "steps": steps,
+            "value_warmup": value_warmup,
         }
-        self.objective = ImaginationObjective(model, horizon, gamma, lam, alpha, beta, steps)
+        self.objective = ImaginationObjective(model, *self.settings.values())
         self.init = init
         if init is not None:
             load_weights(init, model, only=("heads.policy.", "heads.value."))

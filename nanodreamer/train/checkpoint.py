@@ -19,12 +19,19 @@ from nanodreamer.io import atomic_write, write_json
 RUN_FILE, CHECKPOINT, WEIGHTS = "run.json", "checkpoint.pt", "model.safetensors"
 
 
+PATHS = ("data", "tokenizer", "world_model", "agent_run", "init")  # run.json's links
+
+
 def read_run(run: str | Path, phase: str | None = None) -> dict:
-    """run.json of `run`; with `phase`, refuse a run of any other phase."""
+    """run.json of `run`; with `phase`, refuse a run of any other phase. A relative link
+    (`PATHS`: a packed run's) is taken from the run folder and returned absolute."""
     path = Path(run) / RUN_FILE
     if not path.is_file():
         raise UserError(f"{run} is not a training run (no {RUN_FILE}): train one first")
     info = json.loads(path.read_text())
+    for key in PATHS:
+        if isinstance(info.get(key), str) and not Path(info[key]).is_absolute():
+            info[key] = str((Path(run) / info[key]).resolve())
     if phase is not None and info.get("phase") != phase:
         raise UserError(f"{run} is a {info.get('phase')} run, but a {phase} run is needed here")
     return info

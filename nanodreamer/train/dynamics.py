@@ -40,6 +40,7 @@ def latent_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "action": batch["action"],
         "has_action": batch["has_action"],
         "valid": batch["valid"],
+        "is_first": batch["is_first"],
     }
 
 
@@ -145,6 +146,11 @@ def load_world_model(
             "retrain the dynamics model or restore that tokenizer"
         )
     tokenizer = load_tokenizer(info["tokenizer"], device)
-    dynamics = Dynamics(DynamicsConfig(**info["model_config"]))
-    load_weights(run, dynamics)
+    if info["phase"] == "dynamics":
+        dynamics = Dynamics(DynamicsConfig(**info["model_config"]))
+        load_weights(run, dynamics)
+    else:  # an agent run's transformer (finetuned in phase 2, with its agent tokens)
+        from nanodreamer.train.agent import load_agent
+
+        dynamics = load_agent(run)[0].dynamics
     return WorldModel(tokenizer, dynamics.to(device), steps=steps, **kwargs)

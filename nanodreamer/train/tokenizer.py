@@ -64,7 +64,7 @@ class TokenizerPhase:
         return evaluate_tokenizer(model, self._val, gif=run / "reconstruction.gif")
 
     def run_info(self) -> dict:
-        return {"model_config": asdict(self.config), "data": str(self.data)}
+        return {"model_config": asdict(self.config), "data": str(Path(self.data).resolve())}
 
 
 def tokenizer_config_for(

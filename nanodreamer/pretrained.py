@@ -1,0 +1,72 @@
+"""Trained models that ship with the package (`--pretrained NAME`), and `nanodreamer pack`,
+which makes such a folder from an imagination run:
+
+    NAME/agent/      the imagination run: world model (dynamics transformer) and agent heads
+    NAME/tokenizer/  its tokenizer
+    NAME/data/       a few episodes of its dataset, held-out ones first (start frames for
+                     `play`, contexts for the control figures); the manifest keeps the seeds of
+                     every collected episode (`collection_seeds`), so evaluation still picks
+                     fresh ones
+
+Only weights (safetensors) and run.json files are copied; the paths inside run.json are
+relative to the run folder, so the folder works wherever it lies.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from nanodreamer.data import EpisodeStore
+from nanodreamer.data.sampler import split_episodes
+from nanodreamer.errors import UserError
+from nanodreamer.train.checkpoint import RUN_FILE, WEIGHTS, read_run, write_run
+
+PRETRAINED = Path(__file__).parent / "pretrained"
+
+
+def pretrained(name: str) -> Path:
+    """The shipped folder `name` (see the module doc)."""
+    path = PRETRAINED / name
+    if not (path / "agent" / RUN_FILE).is_file():
+        known = sorted(p.name for p in PRETRAINED.glob("*") if (p / "agent" / RUN_FILE).is_file())
+        raise UserError(f"no pretrained models named {name!r}: use one of {', '.join(known)}")
+    return path
+
+
+def pack(run: str | Path, out: str | Path, episodes: int = 4) -> Path:
+    """Copy imagination run `run`, its tokenizer and `episodes` of its episodes to `out`
+    (replaced as a whole once complete)."""
+    info = read_run(run, "imagination")
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, source in (("agent", Path(run)), ("tokenizer", Path(info["tokenizer"]))):
+        (tmp / name).mkdir(parents=True)
+        shutil.copy(source / WEIGHTS, tmp / name / WEIGHTS)
+    # links back to the training folders are dropped: a packed run needs none of them to act
+    unused = ("data", "world_model", "agent_run", "init")
+    tokenizer = read_run(info["tokenizer"], "tokenizer")
+    origin = {"packed_from": str(Path(info["tokenizer"]).resolve())}
+    write_run(tmp / "tokenizer", {k: v for k, v in tokenizer.items() if k not in unused} | origin)
+    links = {"tokenizer": "../tokenizer", "data": "../data"}
+    links["packed_from"] = str(Path(run).resolve())
+    write_run(tmp / "agent", {k: v for k, v in info.items() if k not in unused} | links)
+    _copy_episodes(EpisodeStore(info["data"]), tmp / "data", episodes)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _copy_episodes(source: EpisodeStore, out: Path, count: int) -> None:
+    m = source.manifest
+    picked = (split_episodes(source, "val") + split_episodes(source, "train"))[:count]
+    keys = ("env", "obs_shape", "action_dim", "action_bins", "env_options")
+    with EpisodeStore.create(out, **{k: m[k] for k in keys}) as store:
+        for i in picked:
+            entry = source.episodes[i]
+            extra = {k: v for k, v in entry.items() if k in ("seed", "policy")}
+            store.add(source.load(i), actions=entry.get("actions", True), **extra)
+        seeds = [e["seed"] for e in source.episodes if "seed" in e]
+        store.annotate(collection_seeds=seeds + m.get("collection_seeds", []))

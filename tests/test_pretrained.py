@@ -1,0 +1,49 @@
+"""`nanodreamer pack` and `--pretrained`: trained models as a folder that works on its own."""
+
+import json
+import shutil
+
+import pytest
+from conftest import cli, train_world_model
+
+from nanodreamer import pretrained as shipped
+from nanodreamer.cli import main
+from nanodreamer.data import EpisodeStore
+from nanodreamer.eval.agent import evaluate_agent
+from nanodreamer.train.checkpoint import read_run
+from nanodreamer.train.dynamics import load_world_model
+
+
+def test_packed_run_works_alone_after_its_training_folders_are_gone(tmp_path, monkeypatch, capsys):
+    train = tmp_path / "train"
+    data = train / "data"
+    cli(f"collect --env dot --episodes 8 --out {data} --workers 1")
+    collected = {e["seed"] for e in EpisodeStore(data).episodes}
+    train_world_model(train, data, steps=2)
+    cli(f"train agent --data {data} --world-model {train}/dyn --out {train}/agent --steps 2")
+    cli(
+        f"train imagination --run {train}/agent --out {train}/im --steps 2 --horizon 2 "
+        "--sampling-steps 1"
+    )
+    main(["pack", "--run", str(train / "im"), "--out", str(tmp_path / "made"), "--episodes", "2"])
+    folder = tmp_path / "shipped" / "dot-test"
+    folder.parent.mkdir()
+    (tmp_path / "made").rename(folder)
+    shutil.rmtree(train)
+
+    info = read_run(folder / "agent")
+    assert info["tokenizer"] == str((folder / "tokenizer").resolve())
+    assert len(EpisodeStore(info["data"])) == 2
+    world = load_world_model(folder / "agent")
+    assert world.dynamics.config.action_dim == 2
+    results = evaluate_agent(folder / "agent", "dot", 2, random=False)
+    assert not collected & set(results["seeds"])  # fresh seeds, though only 2 episodes shipped
+
+    monkeypatch.setattr(shipped, "PRETRAINED", folder.parent)
+    capsys.readouterr()
+    cli("eval agent --pretrained dot-test --env dot --episodes 2 --json")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["episodes"] == 2 and "imagined_real_corr" in printed
+    with pytest.raises(SystemExit):
+        cli("eval agent --pretrained nope --env dot")
+    assert "no pretrained models named 'nope': use one of dot-test" in capsys.readouterr().err
