@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict each frame as the previous one plus a change (starts as copy-last-frame)",
     )
     p.add_argument(
+        "--action-in-latents",
+        action="store_true",
+        help="also add each frame's action embedding to its latent tokens",
+    )
+    p.add_argument(
         "--action-bins",
         type=int,
         help="bins per continuous action dimension (default 32; discrete actions: one per "

@@ -215,7 +215,8 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
         )
         if args.independent_frac is not None:
             config = replace(config, independent_frac=args.independent_frac)
-        config = replace(config, residual=args.residual or config.residual)
+        switches = {k: True for k in ("residual", "action_in_latents") if getattr(args, k)}
+        config = replace(config, **switches)
         return DynamicsPhase(args.data, args.tokenizer, config, cfg)
 
     _fit(phase, cfg, args)

@@ -48,6 +48,9 @@ class DynamicsConfig:
     # episode's or window's first frame): an untrained model starts as "copy the last frame",
     # and training spends itself on what moves, which is where the actions act.
     residual: bool = False
+    # Also add the action's embedding to each of its frame's latent tokens, so that the action
+    # reaches them in the first layer rather than through attention that has to learn to read it.
+    action_in_latents: bool = False
 
     @property
     def tokens(self) -> int:
@@ -127,9 +130,11 @@ class Dynamics(nn.Module):
         c = self.config
         b, t = z.shape[:2]
         grouped = rearrange(z, "b t (n g) c -> b t n (g c)", g=c.group)
+        actions = self.embed_actions(action, has_action)  # (B,T,1,D)
+        latents = self.latent_in(grouped) + self.latent_pos
         parts = [
-            self.latent_in(grouped) + self.latent_pos,
-            self.embed_actions(action, has_action),
+            latents + actions if c.action_in_latents else latents,
+            actions,
             self.embed_shortcut(tau, step_index),
             self.registers.expand(b, t, -1, -1),
         ]

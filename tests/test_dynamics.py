@@ -60,7 +60,10 @@ def test_causal_in_time(model):
     assert not torch.allclose(out[:, 4:], out2[:, 4:])
 
 
-def test_action_changes_only_its_frame_and_later(model):
+@pytest.mark.parametrize("action_in_latents", [False, True])
+def test_action_changes_only_its_frame_and_later(action_in_latents):
+    torch.manual_seed(0)
+    model = Dynamics(replace(SMALL, action_in_latents=action_in_latents)).eval()
     z, tau, k, action, has = inputs()
     action2 = action.clone()
     action2[:, 2] = -action2[:, 2]
