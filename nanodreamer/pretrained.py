@@ -30,7 +30,8 @@ def pretrained(name: str) -> Path:
     path = PRETRAINED / name
     if not (path / "agent" / RUN_FILE).is_file():
         known = sorted(p.name for p in PRETRAINED.glob("*") if (p / "agent" / RUN_FILE).is_file())
-        raise UserError(f"no pretrained models named {name!r}: use one of {', '.join(known)}")
+        offer = f"use one of {', '.join(known)}" if known else "none ship with this version"
+        raise UserError(f"no pretrained models named {name!r}: {offer}")
     return path
 
 
