@@ -36,7 +36,7 @@ def add_run_or_pretrained(p: argparse.ArgumentParser, what: str) -> None:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--run", help=what)
     group.add_argument(
-        "--pretrained", metavar="NAME", help="the models shipped with nanodreamer: car-racing"
+        "--pretrained", metavar="NAME", help="a folder shipped in nanodreamer/pretrained/ (pack)"
     )
 
 

@@ -50,8 +50,11 @@ def pack(run: str | Path, out: str | Path, episodes: int = 4) -> Path:
     tokenizer = read_run(info["tokenizer"], "tokenizer")
     origin = {"packed_from": str(Path(info["tokenizer"]).resolve())}
     write_run(tmp / "tokenizer", {k: v for k, v in tokenizer.items() if k not in unused} | origin)
-    links = {"tokenizer": "../tokenizer", "data": "../data"}
-    links["packed_from"] = str(Path(run).resolve())
+    links = {
+        "tokenizer": "../tokenizer",
+        "data": "../data",
+        "packed_from": str(Path(run).resolve()),
+    }
     write_run(tmp / "agent", {k: v for k, v in info.items() if k not in unused} | links)
     _copy_episodes(EpisodeStore(info["data"]), tmp / "data", episodes)
     if out.exists():

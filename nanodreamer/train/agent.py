@@ -354,7 +354,9 @@ class ImaginationPhase:
             "steps": steps,
             "value_warmup": value_warmup,
         }
-        self.objective = ImaginationObjective(model, *self.settings.values())
+        self.objective = ImaginationObjective(
+            model, horizon, gamma, lam, alpha, beta, steps, value_warmup
+        )
         self.init = init
         if init is not None:
             load_weights(init, model, only=("heads.policy.", "heads.value."))
