@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="windows trained as separate images (default 0.3; 0 puts all into dynamics)",
     )
     p.add_argument(
+        "--context-frac",
+        type=float,
+        help="frames trained at the context signal level, as fed-back frames are at inference "
+        "(default 0: every frame's level uniform)",
+    )
+    p.add_argument(
         "--residual",
         action="store_true",
         help="predict each frame as the previous one plus a change (starts as copy-last-frame)",

@@ -213,8 +213,10 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
             dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset], args.action_bins),
             window=cfg.seq_len,
         )
-        if args.independent_frac is not None:
-            config = replace(config, independent_frac=args.independent_frac)
+        fractions = ("independent_frac", "context_frac")
+        config = replace(
+            config, **{k: getattr(args, k) for k in fractions if getattr(args, k) is not None}
+        )
         switches = {k: True for k in ("residual", "action_in_latents") if getattr(args, k)}
         config = replace(config, **switches)
         return DynamicsPhase(args.data, args.tokenizer, config, cfg)

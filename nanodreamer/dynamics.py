@@ -44,6 +44,10 @@ class DynamicsConfig:
     independent_frac: float = 0.3  # sequences trained as independent images
     bootstrap_frac: float = 0.25  # sequences that get bootstrap (d > d_min) targets
     context_signal: float = 0.9  # signal level of fed-back context frames
+    # Share of frames drawn at the context signal level instead of a uniform one. With every
+    # frame's level uniform, a frame's predecessor is rarely as clean as the context it reads
+    # at inference, so how an action moves a clear view is learned from few frames.
+    context_frac: float = 0.0
     # Predict each frame as the previous frame's clean latents plus a change (zero base at an
     # episode's or window's first frame): an untrained model starts as "copy the last frame",
     # and training spends itself on what moves, which is where the actions act.
@@ -204,17 +208,20 @@ def draw_noise(config: DynamicsConfig, z1: torch.Tensor) -> dict[str, torch.Tens
 
     bootstrap (B,): sequences whose frames draw k uniformly from {0..log2 K_max} (d = 2^-k);
     the others use d_min = 1/K_max only (flow loss, no teacher passes). tau (B,T) is uniform on
-    the grid {0, d, ..., 1 - d}. independent (B,): sequences trained as separate images."""
+    the grid {0, d, ..., 1 - d}, except a `context_frac` share of frames at the context signal
+    level with d_min. independent (B,): sequences trained as separate images."""
     b, t = z1.shape[:2]
     device = z1.device
     k_max = int(math.log2(config.max_steps))
     bootstrap = torch.rand(b, device=device) < config.bootstrap_frac
+    context = torch.rand(b, t, device=device) < config.context_frac  # (B,T)
     k = torch.randint(0, k_max + 1, (b, t), device=device)
-    k = torch.where(bootstrap[:, None], k, torch.full_like(k, k_max))
+    k = torch.where(bootstrap[:, None] & ~context, k, torch.full_like(k, k_max))
     d = 2.0 ** -k.float()
+    tau = torch.floor(torch.rand(b, t, device=device) / d) * d
     return {
         "step_index": k,
-        "tau": torch.floor(torch.rand(b, t, device=device) / d) * d,
+        "tau": torch.where(context, config.context_signal, tau),
         "z0": torch.randn_like(z1),
         "bootstrap": bootstrap,
         "independent": torch.rand(b, device=device) < config.independent_frac,

@@ -120,6 +120,16 @@ def test_levels_on_the_grid():
     assert abs(n["independent"].float().mean() - 0.3) < 0.05
 
 
+def test_context_frac_draws_frames_at_the_context_level():
+    torch.manual_seed(0)
+    config = replace(SMALL, max_steps=16, bootstrap_frac=1.0, context_frac=0.4)
+    n = draw_noise(config, torch.zeros(2000, 8, 4, 3))
+    context = n["tau"] == config.context_signal  # never on a grid of {0, d, ..., 1 - d}
+    assert abs(context.float().mean() - 0.4) < 0.02
+    assert (n["step_index"][context] == 4).all()  # labelled d_min, as context_inputs does
+    assert len(n["step_index"][~context].unique()) == 5  # the rest: every step size, as before
+
+
 class Affine(nn.Module):
     """A deterministic stand-in network: z1_hat = w * z + v."""
 
