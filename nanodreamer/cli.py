@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0: every frame's level uniform)",
     )
     p.add_argument(
+        "--rollout-frac",
+        type=float,
+        help="windows whose second half reads the model's own rollout instead of the recorded "
+        "latents, as in imagination (default 0)",
+    )
+    p.add_argument(
         "--residual",
         action="store_true",
         help="predict each frame as the previous one plus a change (starts as copy-last-frame)",

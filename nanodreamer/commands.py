@@ -213,7 +213,7 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
             dynamics_config_for(latents, DYNAMICS_PRESETS[args.preset], args.action_bins),
             window=cfg.seq_len,
         )
-        fractions = ("independent_frac", "context_frac")
+        fractions = ("independent_frac", "context_frac", "rollout_frac")
         config = replace(
             config, **{k: getattr(args, k) for k in fractions if getattr(args, k) is not None}
         )

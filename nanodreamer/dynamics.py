@@ -48,6 +48,12 @@ class DynamicsConfig:
     # frame's level uniform, a frame's predecessor is rarely as clean as the context it reads
     # at inference, so how an action moves a clear view is learned from few frames.
     context_frac: float = 0.0
+    # Share of windows whose second half is fed the model's own rollout (generated with
+    # `rollout_steps` shortcut steps, no gradient) instead of the recorded latents, with the
+    # recorded latents still the targets: as in imagination, later frames read generated
+    # ones, and the model learns to carry the actions' effect through its own errors.
+    rollout_frac: float = 0.0
+    rollout_steps: int = 2
     # Predict each frame as the previous frame's clean latents plus a change (zero base at an
     # episode's or window's first frame): an untrained model starts as "copy the last frame",
     # and training spends itself on what moves, which is where the actions act.
@@ -237,6 +243,7 @@ def shortcut_forcing_loss(
     task: torch.Tensor | None = None,
     noise: dict[str, torch.Tensor] | None = None,  # from draw_noise (drawn when None)
     is_first: torch.Tensor | None = None,  # (B,T) bool, episode starts (residual models)
+    rollout: bool = False,  # feed `rollout_frac` of the windows their own rollout
 ) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """Shortcut forcing with x-prediction (SPEC). Returns (loss, metrics, transformer outputs).
 
@@ -245,13 +252,21 @@ def shortcut_forcing_loss(
     (1 - tau)^2 ||(z1_hat - z_tau) / (1 - tau) - sg(b' + b'') / 2||^2. Every frame is weighted by
     w(tau) = 0.9 tau + 0.1. The two teacher passes run only on the `bootstrap_frac` sequences
     that draw d > d_min; in those passes later frames see earlier bootstrap frames at the half
-    step's (consistently labelled) noise level."""
+    step's (consistently labelled) noise level. With `rollout`, the inputs of a share of the
+    windows come from `own_rollout` (flow loss only, toward the recorded latents)."""
     c = model.config
     n = draw_noise(c, z1) if noise is None else noise
-    k, tau, independent = n["step_index"], n["tau"], n["independent"]
     k_max = int(math.log2(c.max_steps))
-    zt = (1 - tau[..., None, None]) * n["z0"] + tau[..., None, None] * z1
-    base = frame_bases(c, z1, is_first, independent)
+    inputs = z1
+    if rollout and c.rollout_frac > 0:
+        rows = (torch.rand(z1.shape[0], device=z1.device) < c.rollout_frac) & ~n["independent"]
+        if rows.any():
+            inputs = z1.clone()
+            inputs[rows] = own_rollout(model, z1[rows], action[rows], has_action[rows])
+            n = n | {"step_index": torch.where(rows[:, None], k_max, n["step_index"])}
+    k, tau, independent = n["step_index"], n["tau"], n["independent"]
+    zt = (1 - tau[..., None, None]) * n["z0"] + tau[..., None, None] * inputs
+    base = frame_bases(c, inputs, is_first, independent)
     flow = k == k_max  # (B,T)
     bootstrap = (~flow).any()
     if bootstrap:  # the teachers run first, while no activations are held for the backward
@@ -345,6 +360,32 @@ def denoise(model: Dynamics, noise, action, has_action, steps: int, context, tas
         pred = predict_new_frame(model, frame, context, task, last).float()
         z = z + d * (pred - z) / (1 - i * d)
     return z
+
+
+@torch.no_grad()
+def own_rollout(model: Dynamics, z1, action, has_action) -> torch.Tensor:
+    """z1 (B,T,N,Dl) with frames T//2.. replaced by the model's rollout from the first half
+    under the recorded actions (`rollout_steps` shortcut steps per frame), as imagined."""
+    start, cache, out = z1.shape[1] // 2, model.new_cache(), z1.clone()
+
+    def feed_back(rows: slice) -> None:  # frames `rows` of `out` join the context
+        z, a, h = out[:, rows], action[:, rows], has_action[:, rows]
+        model(**context_inputs(model, z, a, h, torch.randn_like(z)), cache=cache)
+
+    feed_back(slice(0, start))
+    for i in range(start, z1.shape[1]):
+        noise = torch.randn_like(z1[:, i])
+        out[:, i] = denoise(
+            model,
+            noise,
+            action[:, i],
+            has_action[:, i],
+            model.config.rollout_steps,
+            cache,
+            last=out[:, i - 1],
+        )
+        feed_back(slice(i, i + 1))
+    return out
 
 
 def context_inputs(model: Dynamics, z, action, has_action, noise) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from nanodreamer.dynamics import (
     denoise,
     draw_noise,
     frame_bases,
+    own_rollout,
     shortcut_forcing_loss,
 )
 from nanodreamer.errors import UserError
@@ -299,3 +300,51 @@ def test_learns_on_tiny_data(residual):
     # a residual model starts as "copy the last frame", already a third of the plain one's loss
     assert sum(losses[-15:]) < (0.7 if residual else 0.5) * sum(losses[:15])
     assert math.isfinite(losses[-1])
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_own_rollout_is_what_the_world_model_imagines(residual):
+    """The second half of a rollout window is generated exactly as `WorldModel` generates it
+    (same random draws in the same order); the first half stays the recorded latents."""
+    w = world(True, steps=2, residual=residual)
+    w.dynamics.config = replace(w.dynamics.config, rollout_steps=2)
+    w.generator = None  # both draw from the global generator
+    frames, actions = torch.rand(2, 3, 3, 16, 16), torch.rand(2, 6, 2) * 2 - 1
+    has = torch.ones(2, 6, dtype=torch.bool)
+    has[:, 0] = False
+    recorded = w.tokenizer.encode(frames)
+    z1 = torch.cat([recorded, torch.randn_like(recorded)], 1)  # (2,6,N,Dl): start = 3
+    torch.manual_seed(1)
+    own = own_rollout(w.dynamics, z1, actions, has)
+    torch.manual_seed(1)
+    w.reset(frames, actions[:, :3], has[:, :3])
+    imagined = torch.stack([w.step_latents(actions[:, i]) for i in range(3, 6)], 1)
+    assert torch.equal(own[:, :3], recorded)
+    torch.testing.assert_close(own[:, 3:], imagined, atol=1e-5, rtol=1e-5)
+
+
+def test_rollout_training_learns_and_leaves_phase_two_alone():
+    torch.manual_seed(0)
+    config = replace(SMALL, max_steps=4, window=8, rollout_frac=1.0, independent_frac=0.0)
+    model = Dynamics(config)
+    b, t = 16, 8
+    action = torch.rand(b, t, 2) * 2 - 1
+    start = torch.rand(b, 1, 4, 3) * 1.2 - 0.6
+    z1 = (start + 0.1 * action.cumsum(1)[..., None, :1]).clamp(-1, 1)
+    has, valid = torch.ones(b, t, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool)
+    noise = draw_noise(config, z1)
+    off = Dynamics(replace(config, rollout_frac=0.0))
+    off.load_state_dict(model.state_dict())
+    plain, _, _ = shortcut_forcing_loss(model, z1, action, has, valid, noise=noise)
+    same, _, _ = shortcut_forcing_loss(off, z1, action, has, valid, noise=noise, rollout=True)
+    own, _, _ = shortcut_forcing_loss(model, z1, action, has, valid, noise=noise, rollout=True)
+    assert torch.equal(plain, same) and not torch.equal(plain, own)  # phase 2: no rollout
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(100):
+        loss, metrics, _ = shortcut_forcing_loss(model, z1, action, has, valid, rollout=True)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(metrics["flow_mse"].item())
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])

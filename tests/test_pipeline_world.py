@@ -102,9 +102,10 @@ def test_action_bins_of_continuous_actions(runs, tmp_path):
     root, data = runs
     cli(
         f"train dynamics --data {data} --tokenizer {root}/tok --out {tmp_path}/dyn --steps 2 "
-        "--seq-len 4 --long-seq-len 0 --action-bins 8"
+        "--seq-len 4 --long-seq-len 0 --action-bins 8 --rollout-frac 0.5"
     )
-    assert load_world_model(tmp_path / "dyn").dynamics.config.action_bins == 8
+    config = load_world_model(tmp_path / "dyn").dynamics.config
+    assert config.action_bins == 8 and config.rollout_frac == 0.5
     cli(f"train agent --data {data} --world-model {tmp_path}/dyn --out {tmp_path}/agent --steps 1")
     agent = json.loads((tmp_path / "agent" / "run.json").read_text())
     assert agent["agent_config"]["action_bins"] == 8

@@ -50,7 +50,7 @@ class DynamicsObjective(nn.Module):
         self.dynamics = dynamics
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        loss, metrics, _ = shortcut_forcing_loss(self.dynamics, **latent_batch(batch))
+        loss, metrics, _ = shortcut_forcing_loss(self.dynamics, **latent_batch(batch), rollout=True)
         return loss, metrics
 
 
