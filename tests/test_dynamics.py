@@ -278,25 +278,33 @@ def test_residual_bases_and_an_untrained_residual_model_copies_the_last_frame():
     torch.testing.assert_close(w.step_latents(torch.rand(2, 2) * 2 - 1), last)
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_learns_on_tiny_data(residual):
-    """Latent sequences that drift by the action: the model must learn to use both."""
-    torch.manual_seed(0)
-    config = replace(SMALL, max_steps=4, window=4, residual=residual)
-    model = Dynamics(config)
-    b, t = 16, 4
+def drifting_latents(b: int, t: int, drift: float):
+    """Latent sequences (B,T,4,3) that drift by the first action dimension; -> the inputs of
+    `shortcut_forcing_loss` (z1, action, has_action, valid)."""
     action = torch.rand(b, t, 2) * 2 - 1
     start = torch.rand(b, 1, 4, 3) * 1.2 - 0.6
-    z1 = (start + 0.2 * action.cumsum(1)[..., None, :1]).clamp(-1, 1)
-    has, valid = torch.ones(b, t, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool)
+    z1 = (start + drift * action.cumsum(1)[..., None, :1]).clamp(-1, 1)
+    return z1, action, torch.ones(b, t, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool)
+
+
+def flow_losses(model: Dynamics, inputs, updates: int, **options) -> list[float]:
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
-    for _ in range(150):
-        loss, metrics, _ = shortcut_forcing_loss(model, z1, action, has, valid)
+    for _ in range(updates):
+        loss, metrics, _ = shortcut_forcing_loss(model, *inputs, **options)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(metrics["flow_mse"].item())
+    return losses
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_learns_on_tiny_data(residual):
+    """Latent sequences that drift by the action: the model must learn to use both."""
+    torch.manual_seed(0)
+    model = Dynamics(replace(SMALL, max_steps=4, window=4, residual=residual))
+    losses = flow_losses(model, drifting_latents(16, 4, 0.2), 150)
     # a residual model starts as "copy the last frame", already a third of the plain one's loss
     assert sum(losses[-15:]) < (0.7 if residual else 0.5) * sum(losses[:15])
     assert math.isfinite(losses[-1])
@@ -327,24 +335,13 @@ def test_rollout_training_learns_and_leaves_phase_two_alone():
     torch.manual_seed(0)
     config = replace(SMALL, max_steps=4, window=8, rollout_frac=1.0, independent_frac=0.0)
     model = Dynamics(config)
-    b, t = 16, 8
-    action = torch.rand(b, t, 2) * 2 - 1
-    start = torch.rand(b, 1, 4, 3) * 1.2 - 0.6
-    z1 = (start + 0.1 * action.cumsum(1)[..., None, :1]).clamp(-1, 1)
-    has, valid = torch.ones(b, t, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool)
-    noise = draw_noise(config, z1)
+    inputs = drifting_latents(16, 8, 0.1)
+    noise = draw_noise(config, inputs[0])
     off = Dynamics(replace(config, rollout_frac=0.0))
     off.load_state_dict(model.state_dict())
-    plain, _, _ = shortcut_forcing_loss(model, z1, action, has, valid, noise=noise)
-    same, _, _ = shortcut_forcing_loss(off, z1, action, has, valid, noise=noise, rollout=True)
-    own, _, _ = shortcut_forcing_loss(model, z1, action, has, valid, noise=noise, rollout=True)
+    plain, _, _ = shortcut_forcing_loss(model, *inputs, noise=noise)
+    same, _, _ = shortcut_forcing_loss(off, *inputs, noise=noise, rollout=True)
+    own, _, _ = shortcut_forcing_loss(model, *inputs, noise=noise, rollout=True)
     assert torch.equal(plain, same) and not torch.equal(plain, own)  # phase 2: no rollout
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(100):
-        loss, metrics, _ = shortcut_forcing_loss(model, z1, action, has, valid, rollout=True)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(metrics["flow_mse"].item())
+    losses = flow_losses(model, inputs, 100, rollout=True)
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
