@@ -235,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="first updates train the value alone, so advantages are not all one sign",
     )
+    p.add_argument(
+        "--uniform-prior",
+        action="store_true",
+        help="start the policy uniform and keep its KL prior uniform (an entropy bonus), not "
+        "the BC policy: BC of random data with held actions just repeats the last action",
+    )
     p.set_defaults(func=cmd_train_imagination)
 
     evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(

@@ -308,6 +308,7 @@ def cmd_train_imagination(args: argparse.Namespace) -> None:
             beta=args.beta,
             steps=args.sampling_steps,
             value_warmup=args.value_warmup,
+            uniform_prior=args.uniform_prior,
         ),
         cfg,
         args,
@@ -361,7 +362,8 @@ def format_agent_results(r: dict, env: str) -> str:
         lines += [
             f"reward model on held-out episodes: MAE {r['reward_mae']:.3f}, correlation "
             f"{r['reward_corr']:.2f}; under other actions: correlation "
-            f"{r['counterfactual_reward_corr']:.2f}",
+            f"{r['counterfactual_reward_corr']:.2f}, ranking their 16-step returns from one "
+            f"state: {r['counterfactual_return_corr_within']:.2f}",
             f"policy from the same states, 16 steps: imagined return {r['imagined_return']:.2f}, "
             f"real {r['real_return_h16']:.2f}, correlation {r['imagined_real_corr']:.2f}",
         ]

@@ -94,10 +94,11 @@ Imagined rollouts of the policy: `{here.name}/imagination/imagined_policy.gif`.
 
 How good the world model is for control: reward model on held-out episodes MAE
 {a.get("reward_mae", nan):.3f}, correlation {a.get("reward_corr", nan):.2f}; under other
-actions (real env replayed) correlation {a.get("counterfactual_reward_corr", nan):.2f}; the
-policy's imagined 16-step return {a.get("imagined_return", nan):.2f} against its real one
-{a.get("real_return_h16", nan):.2f} from the same states (correlation
-{a.get("imagined_real_corr", nan):.2f}).
+actions (real env replayed) correlation {a.get("counterfactual_reward_corr", nan):.2f}, and
+its ranking of other actions' 16-step returns from one state (the signal a policy learns from)
+{a.get("counterfactual_return_corr_within", nan):.2f}; the policy's imagined 16-step return
+{a.get("imagined_return", nan):.2f} against its real one {a.get("real_return_h16", nan):.2f}
+from the same states (correlation {a.get("imagined_real_corr", nan):.2f}).
 
 ## Drive it yourself
 `nanodreamer play --run {here}/dynamics --data {out}/data --agent {here}/imagination`, then open

@@ -231,6 +231,20 @@ def test_value_warmup_trains_the_value_alone_and_resumes(agent_runs, tmp_path):
     assert phase.run_info()["imagination"]["value_warmup"] == 2
 
 
+def test_uniform_prior_starts_and_stays_uniform(agent_runs):
+    """With a uniform prior the policy starts uniform (whatever its BC weights said) and its
+    KL prior is uniform for every state: the KL term is an entropy bonus."""
+    from nanodreamer.train.agent import ImaginationPhase
+    from nanodreamer.train.trainer import TrainConfig
+
+    cfg = TrainConfig(steps=1, batch_size=2, seq_len=8, workers=0, tensorboard=False)
+    phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3, uniform_prior=True)
+    states = torch.randn(5, phase.model.heads.config.dim)
+    for logits in (phase.model.heads.policy(states, 1), phase.objective.prior(states, 1)):
+        assert torch.equal(logits, torch.zeros_like(logits))
+    assert phase.run_info()["imagination"]["uniform_prior"] is True
+
+
 def test_imagination_sampling_steps(agent_runs):
     """Each imagined frame costs K denoising passes and one pass that reads it into the
     context; K must be a power of two the world model was trained for."""

@@ -14,7 +14,9 @@ world model:
 With an agent (phase 2 heads), the reward model is scored too: per-step predicted vs real
 reward on held-out episodes (`reward_mae`, `reward_corr`), returns over windows of H steps
 (`window_return_corr`), the same under the alternative actions
-(`counterfactual_reward_corr`), and the policy's imagined H-step return against its real one
+(`counterfactual_reward_corr`; `counterfactual_return_corr_within`: how well the model ranks
+the alternatives' H-step returns from one state, the mean over contexts of their correlation,
+which is what a policy learns from), and the policy's imagined H-step return against its real one
 from the same states (`imagined_return`, `real_return_h{H}`, `imagined_real_corr`).
 """
 
@@ -327,12 +329,14 @@ def evaluate_control(
     replay.env.close()
     predicted = np.stack(predicted)  # (N,M,H)
     alive = real["alive"]
+    predicted_returns, real_returns_m = (predicted * alive).sum(-1), real["rewards"].sum(-1)
+    within = [correlation(p, r) for p, r in zip(predicted_returns, real_returns_m, strict=True)]
+    within = [c for c in within if np.isfinite(c)]  # nan where the real returns tie
     results |= {
         "counterfactual_reward_mae": float(np.abs(predicted - real["rewards"])[alive].mean()),
         "counterfactual_reward_corr": correlation(predicted[alive], real["rewards"][alive]),
-        "counterfactual_return_corr": correlation(
-            (predicted * alive).sum(-1), real["rewards"].sum(-1)
-        ),
+        "counterfactual_return_corr": correlation(predicted_returns, real_returns_m),
+        "counterfactual_return_corr_within": float(np.mean(within)) if within else float("nan"),
         "imagined_return": float(np.mean(imagined)),
         f"real_return_h{horizon}": float(np.mean(real_returns)),
         "imagined_real_corr": correlation(imagined, real_returns),

@@ -244,10 +244,13 @@ def imagination_starts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class ImaginationObjective(nn.Module):
     def __init__(
         self, model: AgentModel, horizon: int, gamma: float, lam: float, alpha: float, beta: float,
-        steps: int, value_warmup: int = 0,
+        steps: int, value_warmup: int = 0, uniform_prior: bool = False,
     ):  # fmt: skip
         super().__init__()
         self.model = model
+        if uniform_prior:  # a zero output layer: the policy starts, and its prior stays, uniform
+            nn.init.zeros_(model.heads.policy.out[0].weight)
+            nn.init.zeros_(model.heads.policy.out[0].bias)
         self.prior = copy.deepcopy(model.heads.policy).requires_grad_(False)
         model.dynamics.requires_grad_(False)
         model.heads.reward.requires_grad_(False)
@@ -323,10 +326,11 @@ class ImaginationPhase:
         beta: float = 0.3,
         steps: int = 4,
         value_warmup: int = 0,
+        uniform_prior: bool = False,
         init: str | Path | None = None,
     ):
         """`init`: an imagination run whose policy and value to continue from (rounds); the
-        KL prior stays `agent_run`'s behaviour-cloning policy."""
+        KL prior stays `agent_run`'s behaviour-cloning policy, or with `uniform_prior` uniform."""
         model, info = load_agent(agent_run)
         if info["phase"] != "agent":
             raise UserError(f"{agent_run} is an {info['phase']} run: start from an agent run")
@@ -353,9 +357,10 @@ class ImaginationPhase:
             "beta": beta,
             "steps": steps,
             "value_warmup": value_warmup,
+            "uniform_prior": uniform_prior,
         }
         self.objective = ImaginationObjective(
-            model, horizon, gamma, lam, alpha, beta, steps, value_warmup
+            model, horizon, gamma, lam, alpha, beta, steps, value_warmup, uniform_prior
         )
         self.init = init
         if init is not None:
