@@ -329,13 +329,13 @@ def evaluate_control(
     replay.env.close()
     predicted = np.stack(predicted)  # (N,M,H)
     alive = real["alive"]
-    predicted_returns, real_returns_m = (predicted * alive).sum(-1), real["rewards"].sum(-1)
-    within = [correlation(p, r) for p, r in zip(predicted_returns, real_returns_m, strict=True)]
+    imagined_h, real_h = (predicted * alive).sum(-1), real["rewards"].sum(-1)  # (N,M) returns
+    within = [correlation(i, r) for i, r in zip(imagined_h, real_h, strict=True)]
     within = [c for c in within if np.isfinite(c)]  # nan where the real returns tie
     results |= {
         "counterfactual_reward_mae": float(np.abs(predicted - real["rewards"])[alive].mean()),
         "counterfactual_reward_corr": correlation(predicted[alive], real["rewards"][alive]),
-        "counterfactual_return_corr": correlation(predicted_returns, real_returns_m),
+        "counterfactual_return_corr": correlation(imagined_h, real_h),
         "counterfactual_return_corr_within": float(np.mean(within)) if within else float("nan"),
         "imagined_return": float(np.mean(imagined)),
         f"real_return_h{horizon}": float(np.mean(real_returns)),
