@@ -158,18 +158,36 @@ def mtp_losses(
     }
 
 
+def data_value_loss(
+    heads: AgentHeads, h: torch.Tensor, batch: dict, window: int, gamma: float, lam: float = 0.95
+) -> torch.Tensor:
+    """Value of the policy that collected the data: the value head on h_t (B,T,D) toward the
+    lambda-returns of the window's recorded rewards, bootstrapped from its own values."""
+    logits = heads.value(h)  # (B,T,bins)
+    value = heads.twohot.decode(logits).detach()
+    reward, cont = batch["reward"][:, 1:].float(), (~batch["is_terminal"][:, 1:]).float()
+    has_next = batch["valid"][:, 1:]
+    returns = lambda_returns(reward, cont, value, gamma, lam, ends=~has_next)  # (B,T-1)
+    mask = complete_context(batch["is_first"], window)[:, :-1] & has_next
+    loss = heads.twohot.loss(logits[:, :-1], returns)
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
 # phase 3: imagination -----------------------------------------------------------------------------
 def lambda_returns(
-    reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor, gamma: float, lam: float
-) -> torch.Tensor:
+    reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor, gamma: float, lam: float,
+    ends: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """R_t = r_{t+1} + gamma c_{t+1} ((1 - lam) v_{t+1} + lam R_{t+1}), R_H = v_H.
 
-    reward, cont (B,H): r_{t+1}, c_{t+1} for t = 0..H-1; value (B,H+1): v_0..v_H.
+    reward, cont (B,H): r_{t+1}, c_{t+1} for t = 0..H-1; value (B,H+1): v_0..v_H; `ends` (B,H):
+    step t has no next state (padding follows a truncated episode): R_t = v_t.
     Returns R_0..R_{H-1} (B,H)."""
     returns = [value[:, -1]]
     for t in reversed(range(reward.shape[1])):
         bootstrap = (1 - lam) * value[:, t + 1] + lam * returns[-1]
-        returns.append(reward[:, t] + gamma * cont[:, t] * bootstrap)
+        step = reward[:, t] + gamma * cont[:, t] * bootstrap
+        returns.append(step if ends is None else torch.where(ends[:, t], value[:, t], step))
     return torch.stack(returns[1:][::-1], 1)
 
 

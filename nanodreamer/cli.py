@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(p)
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--world-model", required=True, help="dynamics run folder")
+    p.add_argument(
+        "--value-gamma",
+        type=float,
+        help="also fit the value head to the data's returns with this discount (default: the "
+        "value first trains in imagination)",
+    )
     p.set_defaults(func=cmd_train_agent)
 
     p = train.add_parser("imagination", help="phase 3: PMPO inside the frozen world model")
@@ -348,7 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="KL weight to the BC policy (default 0.3)")
     p.add_argument("--sampling-steps", type=int, help="per imagined frame (default 4)")
     p.add_argument("--value-warmup", type=int, help="value-only imagination updates (default 0)")
+    p.add_argument(
+        "--uniform-prior", action="store_true", help="imagination: uniform policy start and prior"
+    )
     p.add_argument("--action-bins", type=int, help="per continuous action dimension (32)")
+    p.add_argument("--window", type=int, help="world model's context in frames (default 16)")
+    p.add_argument("--value-gamma", type=float, help="phase 2 fits the value to the data's returns")
+    p.add_argument(
+        "--rollout-frac", type=float, help="dynamics windows fed their own rollout (default 0)"
+    )
     p.set_defaults(func=cmd_rounds)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")

@@ -292,7 +292,10 @@ def cmd_train_agent(args: argparse.Namespace) -> None:
     from nanodreamer.train.agent import AgentPhase, agent_train_config
 
     cfg = train_config(args, agent_train_config(args.world_model))
-    _fit(lambda env: AgentPhase(args.data, args.world_model, cfg), cfg, args)
+    phase = lambda env: AgentPhase(  # noqa: E731
+        args.data, args.world_model, cfg, value_gamma=args.value_gamma
+    )
+    _fit(phase, cfg, args)
 
 
 def cmd_train_imagination(args: argparse.Namespace) -> None:
@@ -380,6 +383,7 @@ def cmd_rounds(args: argparse.Namespace) -> None:
         options["max_episode_steps"] = args.max_episode_steps
     settings = {"horizon": args.horizon, "gamma": args.gamma, "beta": args.beta}
     settings |= {"steps": args.sampling_steps, "value_warmup": args.value_warmup}
+    settings |= {"uniform_prior": args.uniform_prior or None}
     config = RoundsConfig(
         env=args.env,
         env_options=options,
@@ -390,6 +394,9 @@ def cmd_rounds(args: argparse.Namespace) -> None:
         minutes=args.minutes,
         first_minutes=args.first_minutes,
         action_bins=args.action_bins,
+        window=args.window,
+        value_gamma=args.value_gamma,
+        dynamics={} if args.rollout_frac is None else {"rollout_frac": args.rollout_frac},
         eval_episodes=args.eval_episodes,
         workers=args.workers,
         imagination={k: v for k, v in settings.items() if v is not None},
@@ -402,8 +409,9 @@ def cmd_rounds(args: argparse.Namespace) -> None:
     for r in run_rounds(args.out, config):
         e = r["real_env"]
         print(
-            f"round {r['round']}: imagination {interval(e, '')}, BC {interval(e, 'bc_')}, "
-            f"random {interval(e, 'random_')}"
+            f"round {r['round']}: imagination {interval(e, '')} (sampled "
+            f"{interval(e, 'sampled_')}), BC {interval(e, 'bc_best_')}, random "
+            f"{interval(e, 'random_')}"
         )
 
 

@@ -87,9 +87,11 @@ Generation: {w["fps"]:.1f} frames/s with the key/value cache,
 ## Agent
 Real-environment return over {a["episodes"]} full-length episodes on seeds no collection used
 (mean ± 95% interval): imagination-trained policy {a["return_mean"]:.1f} ±
-{a["return_ci95"]:.1f}, behaviour-cloning policy {a["bc_return_mean"]:.1f} ±
-{a["bc_return_ci95"]:.1f}, random policy {a["random_return_mean"]:.1f} ±
-{a["random_return_ci95"]:.1f}. ![agent]({here.name}/agent.gif)
+{a["return_ci95"]:.1f} acting greedily ({a["sampled_return_mean"]:.1f} ±
+{a["sampled_return_ci95"]:.1f} sampling its actions), behaviour-cloning policy (the better of
+greedy and sampled) {a["bc_best_return_mean"]:.1f} ± {a["bc_best_return_ci95"]:.1f}, random
+policy {a["random_return_mean"]:.1f} ± {a["random_return_ci95"]:.1f}.
+![agent]({here.name}/agent.gif)
 Imagined rollouts of the policy: `{here.name}/imagination/imagined_policy.gif`.
 
 How good the world model is for control: reward model on held-out episodes MAE

@@ -54,6 +54,9 @@ class RoundsConfig:
     eval_episodes: int = 5
     workers: int = 2
     preset: str | None = None  # default: tiny on a CPU, small on a GPU
+    window: int | None = None  # the world model's context in frames (default: the preset's)
+    dynamics: dict = field(default_factory=dict)  # DynamicsConfig fields (rollout_frac, ...)
+    value_gamma: float | None = None  # phase 2 also fits the value to the data's returns
     imagination: dict = field(default_factory=dict)  # ImaginationPhase settings (horizon, ...)
 
 
@@ -108,10 +111,8 @@ def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
     data, result = out / "data", {"round": r}
     if r == 0:
         result["tokenizer"] = train_tokenizer(data, out / "tokenizer", preset, budget, device)
-    result["dynamics"] = train_dynamics(
-        data, out, here, preset, budget, device, before, c.action_bins
-    )
-    result |= train_agent(data, here, budget, device, before, c.imagination)
+    result["dynamics"] = train_dynamics(data, out, here, preset, budget, device, before, c)
+    result |= train_agent(data, here, budget, device, before, c)
     for phase in PLOTS:
         run = out / "tokenizer" if phase == "tokenizer" else here / phase
         if (run / "metrics.jsonl").exists():
@@ -146,7 +147,7 @@ def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device) ->
 
 
 def train_dynamics(
-    data, out: Path, here: Path, preset, budget, device, before, action_bins=None
+    data, out: Path, here: Path, preset, budget, device, before, c: RoundsConfig
 ) -> dict:
     from nanodreamer.data.latents import encode_dataset
     from nanodreamer.dynamics import DYNAMICS_PRESETS
@@ -159,10 +160,12 @@ def train_dynamics(
     )
 
     cfg = _budget(TRAIN_PRESETS[preset], budget["dynamics"])
+    if c.window:  # every 8th step trains on windows twice the context, as the preset does
+        cfg = replace(cfg, seq_len=c.window, long_seq_len=2 * c.window)
     tokenizer = out / "tokenizer"
     latents = encode_dataset(data, tokenizer, device.device)
-    config = dynamics_config_for(latents, DYNAMICS_PRESETS[preset], action_bins)
-    config = replace(config, window=cfg.seq_len)
+    config = dynamics_config_for(latents, DYNAMICS_PRESETS[preset], c.action_bins)
+    config = replace(config, window=cfg.seq_len, **c.dynamics)
     init = before / "dynamics" if before else None
     run = here / "dynamics"
     _train(run, lambda: DynamicsPhase(data, tokenizer, config, cfg, init=init), cfg, device)
@@ -170,7 +173,7 @@ def train_dynamics(
     return evaluate_dynamics(world, data, gif=here / "imagination.gif", windows=8)
 
 
-def train_agent(data: Path, here: Path, budget: dict, device, before, settings: dict) -> dict:
+def train_agent(data: Path, here: Path, budget: dict, device, before, c: RoundsConfig) -> dict:
     from nanodreamer.train.agent import (
         AgentPhase,
         ImaginationPhase,
@@ -180,26 +183,37 @@ def train_agent(data: Path, here: Path, budget: dict, device, before, settings: 
 
     cfg = _budget(agent_train_config(here / "dynamics"), budget["agent"])
     init = before / "agent" if before else None
-    phase = lambda: AgentPhase(data, here / "dynamics", cfg, init=init)  # noqa: E731
+    phase = lambda: AgentPhase(  # noqa: E731
+        data, here / "dynamics", cfg, init=init, value_gamma=c.value_gamma
+    )
     bc = _train(here / "agent", phase, cfg, device)
     cfg = _budget(imagination_train_config(here / "agent"), budget["imagination"])
     init = before / "imagination" if before else None
-    phase = lambda: ImaginationPhase(here / "agent", cfg, init=init, **settings)  # noqa: E731
+    phase = lambda: ImaginationPhase(here / "agent", cfg, init=init, **c.imagination)  # noqa: E731
     return {"bc": bc, "imagination": _train(here / "imagination", phase, cfg, device)}
 
 
 def evaluate_round(here: Path, env: str, episodes: int) -> dict:
     """Full-length episodes on fresh seeds (the same for every policy), and the world model's
-    figures for control (`eval.control`); kept in eval.json, so never run twice."""
+    figures for control (`eval.control`); kept in eval.json, so never run twice. The policies
+    act greedily (each action dimension's most likely bin: `return_*`, `bc_return_*`) and by
+    sampling (`sampled_return_*`, `bc_sampled_return_*`); `bc_best_*` is the better BC."""
     from nanodreamer.eval.agent import evaluate_agent
     from nanodreamer.eval.control import control_figures
 
     done = here / "eval.json"
     if done.exists():
         return json.loads(done.read_text())
-    results = evaluate_agent(here / "imagination", env, episodes, video=here / "agent.gif")
-    bc = evaluate_agent(here / "agent", env, episodes, random=False)
-    results |= {f"bc_{k}": bc[k] for k in ("return_mean", "return_std", "return_ci95")}
+    keys = ("return_mean", "return_std", "return_ci95")
+    policy, bc = here / "imagination", here / "agent"
+    results = evaluate_agent(policy, env, episodes, video=here / "agent.gif", mode=True)
+    for run, prefix, greedy in ((policy, "sampled_", False), (bc, "bc_", True),
+                                (bc, "bc_sampled_", False)):  # fmt: skip
+        scores = evaluate_agent(run, env, episodes, random=False, mode=greedy)
+        results |= {f"{prefix}{k}": scores[k] for k in keys}
+    bc_mean = results["bc_return_mean"]
+    best = "bc_" if bc_mean >= results["bc_sampled_return_mean"] else "bc_sampled_"
+    results |= {f"bc_best_{k}": results[f"{best}{k}"] for k in keys}
     results |= control_figures(here / "imagination")
     done.write_text(to_json(results))
     return json.loads(done.read_text())
@@ -216,7 +230,7 @@ def plot_learning_curve(results: list[dict], out: Path) -> Path:
 
     rounds = [r["round"] for r in results]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for prefix, label in (("", "imagination policy"), ("bc_", "behaviour cloning"),
+    for prefix, label in (("", "imagination policy"), ("bc_best_", "behaviour cloning (best)"),
                           ("random_", "random")):  # fmt: skip
         means = [r["real_env"][f"{prefix}return_mean"] for r in results]
         errors = [r["real_env"][f"{prefix}return_ci95"] or 0 for r in results]

@@ -117,6 +117,16 @@ def test_lambda_returns_hand_computed():
     )
 
 
+def test_lambda_returns_stop_where_a_window_ends():
+    """A step with no next state (padding after a truncated episode) is its own value, and the
+    step before it bootstraps from that value alone."""
+    reward, cont = torch.tensor([[1.0, 2.0, 0.0]]), torch.ones(1, 3)
+    value = torch.tensor([[0.0, 10.0, 20.0, 30.0]])
+    ends = torch.tensor([[False, True, True]])
+    returns = lambda_returns(reward, cont, value, 0.9, 0.8, ends=ends)
+    torch.testing.assert_close(returns, torch.tensor([[1.0 + 0.9 * 10.0, 10.0, 20.0]]))
+
+
 def test_pmpo_hand_computed():
     logp = torch.tensor([-1.0, -2.0, -0.5, -3.0], requires_grad=True)
     advantage = torch.tensor([1.0, -2.0, 0.5, -0.1])
@@ -405,6 +415,39 @@ def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
         reward = transition_rewards(model.heads, states)
     assert reward[0, 0] == pytest.approx(1.6, abs=0.5), reward
     assert reward[1, 0] == pytest.approx(-1.6, abs=0.5), reward
+
+
+def test_phase2_value_learns_the_discounted_return_of_the_data(tmp_path):
+    """Reward 1 on every step of never-ending (truncated) episodes: with --value-gamma 0.5 the
+    value of every state is 1 / (1 - 0.5) = 2, learned from windows of 8 frames by bootstrapping
+    at their ends; imagination then starts from that value."""
+    from conftest import synthetic_episode
+
+    from nanodreamer.data import EpisodeStore
+    from nanodreamer.data.latents import encode_dataset
+    from nanodreamer.train.agent import load_agent
+    from nanodreamer.train.dynamics import latent_batch
+
+    data = tmp_path / "data"
+    with EpisodeStore.create(data, env="synthetic", obs_shape=(16, 16, 3), action_dim=2) as store:
+        for i in range(4):
+            episode = synthetic_episode(40, i, 16)
+            episode["reward"] = (np.arange(40) > 0).astype(np.float32)
+            store.add(episode)
+    train_world_model(tmp_path, data, steps=2)
+    cli(
+        f"train agent --data {data} --world-model {tmp_path}/dyn --out {tmp_path}/agent "
+        "--steps 300 --lr 2e-3 --batch-size 8 --seq-len 16 --value-gamma 0.5"
+    )
+    model, info = load_agent(tmp_path / "agent")
+    assert info["value_gamma"] == 0.5
+    episode = {k: torch.from_numpy(np.array(v[:8]))[None]
+               for k, v in encode_dataset(data, info["tokenizer"]).load(1).items()}  # fmt: skip
+    episode["has_action"] = ~episode["is_first"]
+    with torch.no_grad():
+        value = model.heads.twohot.decode(model.heads.value(model.context_features(
+            latent_batch(episode | {"valid": torch.ones(1, 8, dtype=torch.bool)}))))  # fmt: skip
+    assert value[0, -4:].tolist() == pytest.approx([2.0] * 4, abs=0.3), value
 
 
 def test_rollouts_start_only_from_real_non_terminal_windows():

@@ -47,3 +47,16 @@ def test_packed_run_works_alone_after_its_training_folders_are_gone(tmp_path, mo
     with pytest.raises(SystemExit):
         cli("eval agent --pretrained nope --env dot")
     assert "no pretrained models named 'nope': use one of dot-test" in capsys.readouterr().err
+
+
+def test_the_shipped_car_racing_agent_acts_on_a_fresh_install():
+    """`--pretrained car-racing` needs nothing but the package: its world model, tokenizer and
+    episodes load, and it acts in the real env (its score is a benchmark: bench/RESULTS.md)."""
+    folder = shipped.pretrained("car-racing")
+    assert read_run(folder / "agent")["agent_config"]["action_bins"] == 8
+    results = evaluate_agent(
+        folder / "agent", "car-racing", 1, random=False, mode=True, max_episode_steps=80
+    )
+    assert results["episodes"] == 1 and results["env_options"]["action_repeat"] == 8
+    size = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+    assert size < 10 * 2**20

@@ -14,7 +14,8 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     command = (
         f"rounds --out {out} --env dot --rounds 2 --first-episodes 4 --episodes-per-round 4 "
         "--random-share 0.25 --minutes 0.1 --eval-episodes 2 --workers 1 --max-episode-steps 30 "
-        "--first-minutes 0.12 --action-bins 8 --sampling-steps 2"
+        "--first-minutes 0.12 --action-bins 8 --sampling-steps 2 --window 4 --rollout-frac 0.5 "
+        "--uniform-prior"
     ).split()
     main(command)
     printed = capsys.readouterr().out
@@ -27,13 +28,16 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
         run = read_run(out / "round_1" / phase)
         assert run["finished"] and run["init"] == str((out / "round_0" / phase).resolve())
         assert read_run(out / "round_0" / phase)["init"] is None
-    assert read_run(out / "round_1" / "dynamics")["model_config"]["action_bins"] == 8
-    assert read_run(out / "round_1" / "imagination")["imagination"]["steps"] == 2
+    world = read_run(out / "round_1" / "dynamics")["model_config"]
+    assert (world["action_bins"], world["window"], world["rollout_frac"]) == (8, 4, 0.5)
+    settings = read_run(out / "round_1" / "imagination")["imagination"]
+    assert settings["steps"] == 2 and settings["uniform_prior"]
     assert read_run(out / "tokenizer")["train"]["minutes"] == pytest.approx(0.12 * 0.3)
     assert not (out / "round_1" / "tokenizer").exists()  # frozen after round 0
     results = json.loads((out / "rounds.json").read_text())
     assert [r["round"] for r in results] == [0, 1]
-    assert {"return_mean", "bc_return_mean", "random_return_mean"} <= set(results[1]["real_env"])
+    keys = {"return_mean", "sampled_return_mean", "bc_best_return_mean", "random_return_mean"}
+    assert keys <= set(results[1]["real_env"])
     assert (out / "learning_curve.png").stat().st_size > 0
     # rerun: everything done is kept; a lost evaluation and an unfinished phase are redone
     (out / "round_1" / "eval.json").unlink()

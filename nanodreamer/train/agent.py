@@ -13,6 +13,7 @@ from torch import nn
 from nanodreamer.agent import (
     AgentConfig,
     AgentHeads,
+    data_value_loss,
     kl_categorical,
     lambda_returns,
     log_prob,
@@ -112,11 +113,14 @@ def validation_batch(latents, seq_len: int, count: int, model: nn.Module) -> dic
 
 # phase 2 --------------------------------------------------------------------------------------
 class AgentObjective(nn.Module):
-    def __init__(self, model: AgentModel):
+    def __init__(self, model: AgentModel, value_gamma: float | None = None):
+        """`value_gamma`: also fit the value head to the data's returns with this discount
+        (`data_value_loss`); otherwise it first trains in phase 3."""
         super().__init__()
-        self.model = model
-        model.heads.value.requires_grad_(False)  # trained in phase 3
-        self.norm = RunningRMS({"dynamics": 1.0, "bc": 1.0, "reward": 1.0, "cont": 1.0})
+        self.model, self.value_gamma = model, value_gamma
+        model.heads.value.requires_grad_(value_gamma is not None)
+        terms = ("dynamics", "bc", "reward", "cont") + (("value",) if value_gamma else ())
+        self.norm = RunningRMS(dict.fromkeys(terms, 1.0))
 
     def forward(self, batch: dict[str, torch.Tensor]):
         inputs = latent_batch(batch)
@@ -124,17 +128,26 @@ class AgentObjective(nn.Module):
         features = self.model.context_features(inputs)
         window = self.model.dynamics.config.window
         terms = {"dynamics": dyn_loss} | mtp_losses(self.model.heads, features, batch, window)
+        if self.value_gamma is not None:
+            terms["value"] = data_value_loss(
+                self.model.heads, features, batch, window, self.value_gamma
+            )
         return self.norm(terms), metrics | {k: v.detach() for k, v in terms.items()}
 
 
 class AgentPhase:
     name = "agent"
 
-    def __init__(self, data, world_model: str | Path, train: TrainConfig, mtp: int = 8, init=None):
+    def __init__(
+        self, data, world_model: str | Path, train: TrainConfig, mtp: int = 8, init=None,
+        value_gamma: float | None = None,
+    ):  # fmt: skip
         """`init`: an agent or imagination run whose agent tokens and heads to continue from
-        (rounds); the transformer always starts from `world_model`."""
+        (rounds); the transformer always starts from `world_model`. `value_gamma`: see
+        `AgentObjective`."""
         info = read_run(world_model, "dynamics")
         self.train, self.world_model, self.info, self.init = train, Path(world_model), info, init
+        self.value_gamma = value_gamma
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.latents = encode_dataset(data, info["tokenizer"], device)
         config = replace(DynamicsConfig(**info["model_config"]), agent_tokens=1)
@@ -155,7 +168,7 @@ class AgentPhase:
         dynamics = Dynamics(DynamicsConfig(**info["model_config"]))
         load_weights(world_model, dynamics)
         self._start_from(dynamics)
-        self.objective = AgentObjective(self.model)
+        self.objective = AgentObjective(self.model, value_gamma)
 
     @torch.no_grad()
     def _start_from(self, dynamics: Dynamics) -> None:
@@ -188,6 +201,7 @@ class AgentPhase:
             "tokenizer": self.info["tokenizer"],
             "tokenizer_fingerprint": self.info["tokenizer_fingerprint"],
             "init": str(Path(self.init).resolve()) if self.init else None,
+            "value_gamma": self.value_gamma,
         }
 
 
