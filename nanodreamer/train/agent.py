@@ -118,8 +118,9 @@ class AgentObjective(nn.Module):
         (`data_value_loss`); otherwise it first trains in phase 3."""
         super().__init__()
         self.model, self.value_gamma = model, value_gamma
-        model.heads.value.requires_grad_(value_gamma is not None)
-        terms = ("dynamics", "bc", "reward", "cont") + (("value",) if value_gamma else ())
+        fit_value = value_gamma is not None
+        model.heads.value.requires_grad_(fit_value)
+        terms = ("dynamics", "bc", "reward", "cont") + (("value",) if fit_value else ())
         self.norm = RunningRMS(dict.fromkeys(terms, 1.0))
 
     def forward(self, batch: dict[str, torch.Tensor]):
