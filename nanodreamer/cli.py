@@ -334,42 +334,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=4, help="held-out episodes to include")
     p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("rounds", help="rounds of collect -> train -> evaluate in one folder")
+    p = sub.add_parser(
+        "rounds",
+        help="rounds of collect -> train -> evaluate in one folder (defaults: the car-racing "
+        "recipe)",
+    )
     p.add_argument("--out", required=True, help="folder (rerun the same command to resume)")
-    p.add_argument("--env", default="car-racing")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--first-episodes", type=int, default=10, help="random, before round 1")
+    p.add_argument("--env", help="default car-racing")
+    p.add_argument("--rounds", type=int, help="default 2")
+    p.add_argument("--first-episodes", type=int, help="random, before round 1 (default 100)")
+    p.add_argument("--episodes-per-round", type=int, help="added before each later round (50)")
+    p.add_argument("--random-share", type=float, help="of those, random-policy ones (0.2)")
+    p.add_argument("--minutes", type=float, help="training budget per later round (40)")
+    p.add_argument("--first-minutes", type=float, help="round 0's budget (75)")
+    p.add_argument("--eval-episodes", type=int, help="full-length, fresh seeds (10)")
+    p.add_argument("--workers", type=int, help="parallel collection envs (2)")
+    p.add_argument("--action-repeat", type=int, help="env frames per decision (8)")
+    p.add_argument("--max-episode-steps", type=int, help="cap collected episodes, frames (400)")
+    p.add_argument("--horizon", type=int, help="imagination horizon (3)")
+    p.add_argument("--gamma", type=float, help="imagination discount (0.9)")
+    p.add_argument("--beta", type=float, help="KL weight to the prior (0.1)")
+    p.add_argument("--sampling-steps", type=int, help="per imagined frame (2)")
+    p.add_argument("--value-warmup", type=int, help="value-only imagination updates (50)")
     p.add_argument(
-        "--episodes-per-round", type=int, default=5, help="added before each later round"
+        "--uniform-prior",
+        action=argparse.BooleanOptionalAction,
+        help="imagination: uniform policy start and prior (default on; off: the BC policy)",
     )
-    p.add_argument("--random-share", type=float, default=0.2, help="of those, random-policy ones")
-    p.add_argument("--minutes", type=float, default=15, help="training budget per round")
-    p.add_argument("--first-minutes", type=float, help="round 0's budget (default --minutes)")
-    p.add_argument("--eval-episodes", type=int, default=5, help="full-length, fresh seeds")
-    p.add_argument("--workers", type=int, default=2, help="parallel collection envs")
-    p.add_argument("--action-repeat", type=int, default=1)
-    p.add_argument("--max-episode-steps", type=int, help="cap collected episodes")
-    p.add_argument("--horizon", type=int, help="imagination horizon (default 16)")
-    p.add_argument("--gamma", type=float, help="imagination discount (default 0.997)")
-    p.add_argument("--beta", type=float, help="KL weight to the BC policy (default 0.3)")
-    p.add_argument("--sampling-steps", type=int, help="per imagined frame (default 4)")
-    p.add_argument("--value-warmup", type=int, help="value-only imagination updates (default 0)")
-    p.add_argument(
-        "--uniform-prior", action="store_true", help="imagination: uniform policy start and prior"
-    )
-    p.add_argument("--action-bins", type=int, help="per continuous action dimension (32)")
-    p.add_argument("--window", type=int, help="world model's context in frames (default 16)")
-    p.add_argument("--value-gamma", type=float, help="phase 2 fits the value to the data's returns")
-    p.add_argument(
-        "--rollout-frac", type=float, help="dynamics windows fed their own rollout (default 0)"
-    )
+    p.add_argument("--action-bins", type=int, help="per continuous action dimension (8)")
+    p.add_argument("--window", type=int, help="world model's context in decisions (8)")
+    p.add_argument("--value-gamma", type=float, help="phase 2 fits the value to returns (0.9)")
+    p.add_argument("--rollout-frac", type=float, help="dynamics windows fed their rollout (1)")
     p.set_defaults(func=cmd_rounds)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=15, help="training time budget")
+    p.add_argument("--minutes", type=float, default=55, help="time budget (about 50 min wall)")
     p.add_argument("--env", default="car-racing")
-    p.add_argument("--episodes", type=int, default=10, help="random episodes to collect")
+    p.add_argument("--episodes", type=int, default=100, help="random episodes to collect")
     p.set_defaults(func=cmd_demo)
     return parser
 

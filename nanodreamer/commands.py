@@ -378,28 +378,22 @@ def format_agent_results(r: dict, env: str) -> str:
 def cmd_rounds(args: argparse.Namespace) -> None:
     from nanodreamer.pipeline import RoundsConfig, run_rounds
 
-    options = {"action_repeat": args.action_repeat}
-    if args.max_episode_steps:
-        options["max_episode_steps"] = args.max_episode_steps
-    settings = {"horizon": args.horizon, "gamma": args.gamma, "beta": args.beta}
-    settings |= {"steps": args.sampling_steps, "value_warmup": args.value_warmup}
-    settings |= {"uniform_prior": args.uniform_prior or None}
-    config = RoundsConfig(
-        env=args.env,
-        env_options=options,
-        rounds=args.rounds,
-        first_episodes=args.first_episodes,
-        episodes_per_round=args.episodes_per_round,
-        random_share=args.random_share,
-        minutes=args.minutes,
-        first_minutes=args.first_minutes,
-        action_bins=args.action_bins,
-        window=args.window,
-        value_gamma=args.value_gamma,
-        dynamics={} if args.rollout_frac is None else {"rollout_frac": args.rollout_frac},
-        eval_episodes=args.eval_episodes,
-        workers=args.workers,
-        imagination={k: v for k, v in settings.items() if v is not None},
+    def given(values: dict) -> dict:  # the flags set on the command line
+        return {k: v for k, v in values.items() if v is not None}
+
+    recipe, a = RoundsConfig(), args
+    options = {"action_repeat": a.action_repeat, "max_episode_steps": a.max_episode_steps}
+    settings = {"horizon": a.horizon, "gamma": a.gamma, "beta": a.beta}
+    settings |= {"steps": a.sampling_steps, "value_warmup": a.value_warmup}
+    settings |= {"uniform_prior": a.uniform_prior}
+    fields = ("env", "rounds", "first_episodes", "episodes_per_round", "random_share", "minutes")
+    fields += ("first_minutes", "action_bins", "window", "value_gamma", "eval_episodes", "workers")
+    config = replace(
+        recipe,
+        env_options=recipe.env_options | given(options),
+        dynamics=recipe.dynamics | given({"rollout_frac": a.rollout_frac}),
+        imagination=recipe.imagination | given(settings),
+        **given({name: getattr(a, name) for name in fields}),
     )
 
     def interval(e: dict, who: str) -> str:  # one episode has no interval (null in JSON)

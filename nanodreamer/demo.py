@@ -7,6 +7,7 @@ CPU, small on a GPU). Finished phases are skipped, so an interrupted demo contin
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from nanodreamer.io import write_json
@@ -15,21 +16,25 @@ from nanodreamer.pipeline import RoundsConfig, round_dir, run_rounds
 
 def run_demo(
     out: str | Path,
-    minutes: float = 15.0,
+    minutes: float = 55.0,
     env: str = "car-racing",
-    episodes: int = 10,
-    max_episode_steps: int = 500,
+    episodes: int = 100,
+    env_options: dict | None = None,
     workers: int = 2,
     rounds: int = 1,
 ) -> dict:
-    """The demo's rounds; returns the last round's figures with round 0's tokenizer ones."""
-    out = Path(out)
-    config = RoundsConfig(
+    """The car-racing recipe's rounds (`RoundsConfig`'s defaults) with `minutes` of training per
+    round and the recipe's collection options updated by `env_options`; returns the last
+    round's figures with round 0's tokenizer ones."""
+    out, recipe = Path(out), RoundsConfig()
+    config = replace(
+        recipe,
         env=env,
-        env_options={"action_repeat": 1, "max_episode_steps": max_episode_steps},
+        env_options=recipe.env_options | (env_options or {}),
         rounds=rounds,
         first_episodes=episodes,
         minutes=minutes,
+        first_minutes=None,
         workers=workers,
     )
     print(f"demo: {env}, {minutes:g} minutes per round, {rounds} round(s), in {out}")

@@ -13,9 +13,11 @@
 
 Before round R > 0 the dataset grows by `episodes_per_round` episodes: a `random_share` of them
 from the random policy (exploration the policy does not choose), the rest from round R-1's
-imagination policy, sampling its actions. A phase that finished (its run.json says so) is
-skipped and an interrupted one resumes its checkpoint; a written eval.json is kept; collection
-tops the dataset up to its round's size. So a killed run, rerun, continues where it stopped.
+imagination policy acting greedily, as it is evaluated (its sampled actions are near-random:
+the uniform prior keeps it broad), so the world model learns the states that policy reaches.
+A phase that finished (its run.json says so) is skipped and an interrupted one resumes its
+checkpoint; a written eval.json is kept; collection tops the dataset up to its round's size.
+So a killed run, rerun, continues where it stopped.
 """
 
 from __future__ import annotations
@@ -42,22 +44,33 @@ PLOTS = {
 
 @dataclass
 class RoundsConfig:
+    """Defaults: the car-racing recipe (bench/RESULTS.md, "An agent that drives"): action repeat
+    8, a world model that sees 8 decisions, a value fitted to the data's returns in phase 2,
+    then a short imagination horizon from a uniform prior."""
+
     env: str = "car-racing"
-    env_options: dict = field(default_factory=dict)  # collection: action_repeat, ...
-    rounds: int = 3
-    first_episodes: int = 10  # random episodes before round 0
-    episodes_per_round: int = 5  # added before each later round
+    env_options: dict = field(  # collection: action repeat, episode cap in frames
+        default_factory=lambda: {"action_repeat": 8, "max_episode_steps": 400}
+    )
+    rounds: int = 2
+    first_episodes: int = 100  # random episodes before round 0
+    episodes_per_round: int = 50  # added before each later round
     random_share: float = 0.2  # of those, from the random policy
-    minutes: float = 15.0  # training budget per round, split by SHARES (no tokenizer after 0)
-    first_minutes: float | None = None  # round 0's budget (default: minutes)
-    action_bins: int | None = None  # continuous actions' bins (default: the preset's)
-    eval_episodes: int = 5
+    minutes: float = 40.0  # training budget per round, split by SHARES (no tokenizer after 0)
+    first_minutes: float | None = 75.0  # round 0's budget (None: minutes)
+    action_bins: int | None = 8  # continuous actions' bins (None: the preset's)
+    eval_episodes: int = 10
     workers: int = 2
     preset: str | None = None  # default: tiny on a CPU, small on a GPU
-    window: int | None = None  # the world model's context in frames (default: the preset's)
-    dynamics: dict = field(default_factory=dict)  # DynamicsConfig fields (rollout_frac, ...)
-    value_gamma: float | None = None  # phase 2 also fits the value to the data's returns
-    imagination: dict = field(default_factory=dict)  # ImaginationPhase settings (horizon, ...)
+    window: int | None = 8  # the world model's context in decisions (None: the preset's)
+    dynamics: dict = field(default_factory=lambda: {"rollout_frac": 1.0})  # DynamicsConfig fields
+    value_gamma: float | None = 0.9  # phase 2 also fits the value to the data's returns
+    imagination: dict = field(  # ImaginationPhase settings
+        default_factory=lambda: (
+            {"horizon": 3, "gamma": 0.9, "beta": 0.1, "uniform_prior": True}
+            | {"value_warmup": 50, "steps": 2}
+        )
+    )
 
 
 def run_rounds(out: str | Path, config: RoundsConfig) -> list[dict]:
@@ -98,7 +111,7 @@ def _collect(data: Path, c: RoundsConfig, r: int) -> None:
         collect(c.env, data, need_random, **options)
     if need_policy > 0:
         run = round_dir(data.parent, r - 1) / "imagination"
-        policy = AgentPolicy(run, num_envs=min(c.workers, need_policy))
+        policy = AgentPolicy(run, num_envs=min(c.workers, need_policy), mode=True)
         collect(c.env, data, need_policy, policy=policy, **options)
 
 

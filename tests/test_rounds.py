@@ -14,9 +14,8 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     command = (
         f"rounds --out {out} --env dot --rounds 2 --first-episodes 4 --episodes-per-round 4 "
         "--random-share 0.25 --minutes 0.1 --eval-episodes 2 --workers 1 --max-episode-steps 30 "
-        "--first-minutes 0.12 --action-bins 8 --sampling-steps 2 --window 4 --rollout-frac 0.5 "
-        "--uniform-prior"
-    ).split()
+        "--first-minutes 0.12 --action-repeat 1 --window 4 --rollout-frac 0.5"
+    ).split()  # the rest: the car-racing recipe's defaults
     main(command)
     printed = capsys.readouterr().out
     assert "round 0: imagination" in printed and "round 1: imagination" in printed
@@ -31,7 +30,8 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     world = read_run(out / "round_1" / "dynamics")["model_config"]
     assert (world["action_bins"], world["window"], world["rollout_frac"]) == (8, 4, 0.5)
     settings = read_run(out / "round_1" / "imagination")["imagination"]
-    assert settings["steps"] == 2 and settings["uniform_prior"]
+    assert (settings["horizon"], settings["steps"], settings["uniform_prior"]) == (3, 2, True)
+    assert read_run(out / "round_1" / "agent")["value_gamma"] == 0.9
     assert read_run(out / "tokenizer")["train"]["minutes"] == pytest.approx(0.12 * 0.3)
     assert not (out / "round_1" / "tokenizer").exists()  # frozen after round 0
     results = json.loads((out / "rounds.json").read_text())
