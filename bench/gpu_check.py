@@ -221,14 +221,8 @@ def learning(device: str, smoke: bool) -> dict:
         if smoke:
             from nanodreamer.demo import run_demo
 
-            run_demo(
-                out,
-                minutes=0.02,
-                env="dot",
-                episodes=4,
-                workers=1,
-                env_options={"action_repeat": 1, "max_episode_steps": 30},
-            )
+            dot = {"action_repeat": 1, "max_episode_steps": 30}  # short dot episodes, every step
+            run_demo(out, minutes=0.02, env="dot", episodes=4, workers=1, env_options=dot)
         else:
             command = [sys.executable, "-m", "nanodreamer", "demo", "--minutes", "4"]
             subprocess.run([*command, "--out", str(out)], check=True)

@@ -7,14 +7,8 @@ def test_demo_leaves_a_complete_folder(tmp_path):
     """The README's main command, on the dot world with a seconds-long budget: every phase
     runs and the folder holds what the summary points to."""
     out = tmp_path / "demo"
-    results = run_demo(
-        out,
-        minutes=0.15,
-        env="dot",
-        episodes=4,
-        workers=1,
-        env_options={"action_repeat": 1, "max_episode_steps": 30},
-    )
+    dot = {"action_repeat": 1, "max_episode_steps": 30}  # short dot episodes, every step
+    results = run_demo(out, minutes=0.15, env="dot", episodes=4, workers=1, env_options=dot)
     real_env = results["real_env"]
     assert {"return_mean", "random_return_mean", "bc_return_mean"} <= set(real_env)
     saved = json.loads((out / "metrics.json").read_text())["final"]["real_env"]
