@@ -66,9 +66,8 @@ class RoundsConfig:
     dynamics: dict = field(default_factory=lambda: {"rollout_frac": 1.0})  # DynamicsConfig fields
     value_gamma: float | None = 0.9  # phase 2 also fits the value to the data's returns
     imagination: dict = field(  # ImaginationPhase settings
-        default_factory=lambda: (
-            {"horizon": 3, "gamma": 0.9, "beta": 0.1, "uniform_prior": True}
-            | {"value_warmup": 50, "steps": 2}
+        default_factory=lambda: dict(
+            horizon=3, gamma=0.9, beta=0.1, uniform_prior=True, value_warmup=50, steps=2
         )
     )
 
