@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-repeat", type=int, default=1)
     p.add_argument("--max-episode-steps", type=int, help="truncate episodes at this length")
     p.add_argument("--policy", help="act with this agent run instead of randomly")
+    p.add_argument(
+        "--frames",
+        help="also keep every stepped frame (all repeats of each action) in this dataset folder, "
+        "action-free: the tokenizer's data",
+    )
     p.set_defaults(func=cmd_collect)
 
     data = sub.add_parser("data", help="inspect, check, import and export datasets").add_subparsers(

@@ -19,7 +19,7 @@ from nanodreamer.train.trainer import TrainConfig, Trainer
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from nanodreamer.data import collect, summarize
+    from nanodreamer.data import EpisodeStore, collect, summarize
 
     options = {"action_repeat": args.action_repeat}
     if args.resolution is not None:
@@ -45,9 +45,12 @@ def cmd_collect(args: argparse.Namespace) -> None:
         seed=args.seed,
         env_options=options,
         policy=policy,
+        frames=args.frames,
     )
     info = summarize(store)
     print(f"{args.out}: {info['episodes']} episodes, {info['frames']} frames")
+    if args.frames:
+        print(f"{args.frames}: {summarize(EpisodeStore(args.frames))['frames']} frames")
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from nanodreamer.data import EpisodeStore
 from nanodreamer.io import write_json
 from nanodreamer.pipeline import RoundsConfig, round_dir, run_rounds
 
@@ -49,6 +50,10 @@ def run_demo(
 
 def summary(results: dict, out: Path, minutes: float, preset: str) -> str:
     d, t, w = results["data"], results["tokenizer"], results["dynamics"]
+    images = f"{d['frames']} frames of the dataset"
+    if (out / "frames").exists():
+        images = f"{EpisodeStore(out / 'frames').frames} frames: every one collection stepped"
+        images += " through, all repeats of an action (`frames/`)"
     a, here = results["real_env"], round_dir(out, results["round"])
     nan = float("nan")
     rows = "\n".join(
@@ -69,7 +74,7 @@ holds every number, `learning_curve.png` the real-env return per round.
 {d["episode_return"]["mean"]:.1f} ± {d["episode_return"]["std"]:.1f}).
 
 ## Tokenizer
-Held-out reconstruction: PSNR {t.get("psnr", float("nan")):.2f} dB, SSIM
+Trained on {images}. Held-out reconstruction: PSNR {t.get("psnr", float("nan")):.2f} dB, SSIM
 {t.get("ssim", float("nan")):.3f}. ![reconstruction](tokenizer/reconstruction.gif)
 (left: real, right: reconstructed). Losses: `tokenizer/losses.png` (each phase's folder has
 its own).

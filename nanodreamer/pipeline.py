@@ -2,6 +2,9 @@
 `nanodreamer demo` (one budgeted call of it, with a summary).
 
     OUT/data/                one dataset: random episodes, then each round's own episodes
+    OUT/frames/              with an action repeat: every frame round 0's collection stepped
+                             through (all repeats, action-free), the tokenizer's data: 8x the
+                             distinct images at action repeat 8 for no extra env steps
     OUT/tokenizer/           trained in round 0, then frozen: the latents it gives never
                              change, so a later round only encodes its new episodes
     OUT/round_R/dynamics/    R > 0: continues round R-1's weights on the grown dataset
@@ -106,6 +109,8 @@ def _collect(data: Path, c: RoundsConfig, r: int) -> None:
         randoms = round(c.random_share * c.episodes_per_round)
         need_random, need_policy = randoms - added, c.episodes_per_round - max(added, randoms)
     options = {"workers": c.workers, "env_options": c.env_options, "seed": r}
+    if r == 0 and c.env_options.get("action_repeat", 1) > 1:
+        options["frames"] = data.parent / "frames"
     if need_random > 0:
         collect(c.env, data, need_random, **options)
     if need_policy > 0:
@@ -122,7 +127,8 @@ def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
     budget = {phase: minutes * share * scale for phase, share in shares.items()}
     data, result = out / "data", {"round": r}
     if r == 0:
-        result["tokenizer"] = train_tokenizer(data, out / "tokenizer", preset, budget, device)
+        images = out / "frames" if (out / "frames").exists() else data
+        result["tokenizer"] = train_tokenizer(images, out / "tokenizer", preset, budget, device)
     result["dynamics"] = train_dynamics(data, out, here, preset, budget, device, before, c)
     result |= train_agent(data, here, budget, device, before, c)
     for phase in PLOTS:

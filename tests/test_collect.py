@@ -35,6 +35,24 @@ def test_replaying_recorded_actions_reproduces_frames(tmp_path):
         env.close()
 
 
+def test_frames_keep_every_stepped_frame_of_the_same_episodes(tmp_path):
+    """`collect --frames`: each episode's every frame (all repeats), one action-free episode per
+    phase of the repeat; the dataset itself is the one collected without it."""
+    options = "--env car-racing --episodes 2 --workers 2 --action-repeat 4 --max-episode-steps 42"
+    main(f"collect {options} --out {tmp_path / 'a'} --frames {tmp_path / 'f'}".split())
+    main(f"collect {options} --out {tmp_path / 'b'}".split())
+    data, frames, plain = (EpisodeStore(tmp_path / name) for name in "afb")
+    assert list(frames.lengths) == [11, 11, 11, 10] * 2 and not frames.labelled.any()
+    assert [e["phase"] for e in frames.episodes] == [0, 1, 2, 3] * 2
+    assert frames.manifest["env_options"]["action_repeat"] == 1
+    for k in range(2):
+        obs, phases = data[k]["obs"], [frames[4 * k + p]["obs"] for p in range(4)]
+        np.testing.assert_array_equal(obs, plain[k]["obs"])
+        np.testing.assert_array_equal(obs[:-1], phases[0])  # decision t: frame 4t
+        np.testing.assert_array_equal(obs[-1], phases[2][-1])  # frame 42: cut after 2 repeats
+        assert {e["seed"] for e in frames.episodes[4 * k : 4 * k + 4]} == {data.episodes[k]["seed"]}
+
+
 def test_append_gives_new_episodes(tmp_path):
     collect("car-racing", tmp_path, 1, seed=0, env_options=SHORT, progress=False)
     store = collect("car-racing", tmp_path, 2, seed=0, env_options=SHORT, progress=False)

@@ -13,8 +13,8 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     out = tmp_path / "rounds"
     command = (
         f"rounds --out {out} --env dot --rounds 2 --first-episodes 4 --episodes-per-round 4 "
-        "--random-share 0.25 --minutes 0.1 --eval-episodes 2 --workers 1 --max-episode-steps 30 "
-        "--first-minutes 0.12 --action-repeat 1 --window 4 --rollout-frac 0.5"
+        "--random-share 0.25 --minutes 0.1 --eval-episodes 2 --workers 1 --max-episode-steps 48 "
+        "--first-minutes 0.12 --action-repeat 2 --window 4 --rollout-frac 0.5"
     ).split()  # the rest: the car-racing recipe's defaults
     main(command)
     printed = capsys.readouterr().out
@@ -34,6 +34,9 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     assert read_run(out / "round_1" / "agent")["value_gamma"] == 0.9
     assert read_run(out / "tokenizer")["train"]["minutes"] == pytest.approx(0.12 * 0.3)
     assert not (out / "round_1" / "tokenizer").exists()  # frozen after round 0
+    frames = EpisodeStore(out / "frames")  # round 0's every stepped frame: the tokenizer's data
+    assert len(frames) == 8 and 0 < 2 * store.lengths[:4].sum() - frames.frames <= 8
+    assert read_run(out / "tokenizer")["data"] == str((out / "frames").resolve())
     results = json.loads((out / "rounds.json").read_text())
     assert [r["round"] for r in results] == [0, 1]
     keys = {"return_mean", "sampled_return_mean", "bc_best_return_mean", "random_return_mean"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -63,11 +64,13 @@ def episode_seed(seed: int, number: int) -> int:
 
 
 class _Recorder:
-    """Builds one episode in the SPEC alignment: index 0 = reset frame, zero action/reward."""
+    """Builds one episode in the SPEC alignment: index 0 = reset frame, zero action/reward;
+    and with `frames`, every frame the env stepped through (`frame_episodes`)."""
 
     def __init__(self, obs: np.ndarray, action_dim: int):
         self.obs, self.action = [obs], [np.zeros(action_dim, np.float32)]
         self.reward, self.is_terminal = [0.0], [False]
+        self.frames = [obs]
 
     def add(self, obs, action, reward, terminated) -> None:
         self.obs.append(obs)
@@ -86,6 +89,21 @@ class _Recorder:
             "is_terminal": np.array(self.is_terminal),
         }
 
+    def frame_episodes(self, repeat: int) -> list[dict[str, np.ndarray]]:
+        """Every stepped frame as `repeat` action-free episodes, one per phase of the action
+        repeat (frames p, p + repeat, ...): the time step of the data the tokenizer encodes."""
+        last, dim, episodes = len(self.frames) - 1, len(self.action[0]), []
+        for phase in range(min(repeat, last + 1)):
+            obs = np.stack(self.frames[phase::repeat])
+            count = len(obs)
+            is_terminal = np.zeros(count, bool)
+            is_terminal[-1] = self.is_terminal[-1] and (last - phase) % repeat == 0
+            zeros = {"action": np.zeros((count, dim), np.float32), "reward": np.zeros(count)}
+            episodes.append(
+                {"obs": obs, "is_first": np.arange(count) == 0, "is_terminal": is_terminal} | zeros
+            )
+        return episodes
+
 
 def collect(
     env: str,
@@ -96,14 +114,19 @@ def collect(
     seed: int = 0,
     policy: Policy | None = None,
     env_options: dict | None = None,
+    frames: str | Path | None = None,
     progress: bool = True,
 ) -> EpisodeStore:
     """Append `episodes` episodes of `env` to the dataset at `out` and return it (reopened).
 
     A multi-car env gives one episode per car and race: `episodes` counts car streams.
+    `frames`: also append each episode's every stepped frame (all repeats of an action
+    repeat, drawn) to this action-free dataset, one episode per phase of the repeat, for the
+    tokenizer: `repeat` times the distinct images at no extra env steps.
     """
     env_options = env_options or {}
-    make_env = functools.partial(envs.make, env, **env_options)
+    keep = {"keep_frames": True} if frames is not None else {}
+    make_env = functools.partial(envs.make, env, **env_options, **keep)
     probe = make_env()
     cars = envs.num_streams(probe)
     obs_shape = probe.observation_space.shape[-3:]
@@ -119,12 +142,23 @@ def collect(
         env_options=env_options,
     )
     races = -(-episodes // cars)
-    with store:
-        _run(store, make_env, episodes, min(workers, races), cars, seed, policy, progress)
+    frame_store = None
+    if frames is not None:
+        frame_store = EpisodeStore.create(
+            frames,
+            env=env,
+            obs_shape=obs_shape,
+            action_dim=action_dim,
+            action_bins=bins,
+            env_options=env_options | {"action_repeat": 1},
+        )
+    with store, frame_store or nullcontext():
+        workers = min(workers, races)
+        _run(store, frame_store, make_env, episodes, workers, cars, seed, policy, progress)
     return EpisodeStore(out)
 
 
-def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> None:
+def _run(store, frame_store, make_env, episodes, num_envs, cars, seed, policy, progress):
     """Step `num_envs` envs of `cars` streams each; stream j belongs to env j // cars."""
     disabled = gym.vector.AutoresetMode.DISABLED
     # spawned workers do not inherit the dataset's lock file; SyncVectorEnv keeps one float
@@ -150,7 +184,7 @@ def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> N
     try:
         while written < episodes:
             actions = np.clip(policy.act(obs, is_first), -1.0, 1.0).astype(np.float32)
-            obs, reward, terminated, truncated, _ = venv.step(
+            obs, reward, terminated, truncated, info = venv.step(
                 actions.reshape(venv.action_space.shape)
             )
             obs, reward = obs.reshape(streams, *obs_shape), reward.reshape(streams)
@@ -158,6 +192,11 @@ def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> N
             is_first[:] = False
             for j in range(streams):
                 recorders[j].add(obs[j], actions[j], reward[j], terminated[j // cars])
+            if frame_store is not None:  # (envs, repeat, cars, H, W, C)
+                stepped = info["frames"].reshape(num_envs, -1, cars, *obs_shape)
+                for j in range(streams):
+                    count = info["frame_count"][j // cars]
+                    recorders[j].frames.extend(stepped[j // cars, :count, j % cars])
             done = terminated | truncated
             if not done.any():
                 continue
@@ -167,6 +206,12 @@ def _run(store, make_env, episodes, num_envs, cars, seed, policy, progress) -> N
                     if seeds[i] is not None and written < episodes:
                         car = {"car": int(j - i * cars)} if cars > 1 else {}
                         store.add(recorders[j].episode(), seed=seeds[i], policy=label, **car)
+                        if frame_store is not None:
+                            repeat = info["frames"].shape[1]
+                            for phase, frames in enumerate(recorders[j].frame_episodes(repeat)):
+                                frame_store.add(
+                                    frames, actions=False, seed=seeds[i], phase=phase, **car
+                                )
                         written += 1
                         bar.update(1)
                 seeds[i] = reset_seeds[i] = None

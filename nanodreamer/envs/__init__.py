@@ -51,19 +51,28 @@ RANDOM_ACTION_RANGE = {
 RANDOM_HOLD = {"dot": 1}
 
 
-def make(name: str, *, resolution: int | None = None, action_repeat: int = 1, **options) -> gym.Env:
-    """Create environment `name`; `options` go to its constructor (gym.make for Gymnasium ids)."""
+def make(
+    name: str,
+    *,
+    resolution: int | None = None,
+    action_repeat: int = 1,
+    keep_frames: bool = False,
+    **options,
+) -> gym.Env:
+    """Create environment `name`; `options` go to its constructor (gym.make for Gymnasium ids).
+    `keep_frames`: steps also return every repeat's frame (`ActionRepeat`)."""
     env = NAMED[name](**options) if name in NAMED else _make_gym(name, options)
+    repeat = action_repeat != 1 or keep_frames
     if isinstance(env.unwrapped, MultiCarRacing):  # already per-car frames and actions
         if resolution not in (None, env.observation_space.shape[1]):
             raise UserError(f"{name} renders {env.observation_space.shape[1]}px views only")
-        return ActionRepeat(env, action_repeat) if action_repeat != 1 else env
+        return ActionRepeat(env, action_repeat, keep_frames) if repeat else env
     env = _image_observations(env, name)
     if resolution is not None or env.observation_space.shape[0] != env.observation_space.shape[1]:
         env = ResizeImage(env, resolution or 64)
     env = _normalised_actions(env, name)
-    if action_repeat != 1:
-        env = ActionRepeat(env, action_repeat)
+    if repeat:
+        env = ActionRepeat(env, action_repeat, keep_frames)
     return env
 
 

@@ -17,26 +17,33 @@ from nanodreamer.envs.car_racing import frames_skipped, redrawn
 
 class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Repeat each action `repeat` times, summing rewards and stopping at episode end. Frames
-    that are not returned are not drawn where the env allows it (`frames_skipped`)."""
+    that are not returned are not drawn where the env allows it (`frames_skipped`), unless
+    `keep_frames`: then every repeat's frame is drawn and returned in `info["frames"]`
+    (repeat, *obs shape), the last one repeated after an early end, with `info["frame_count"]`
+    the number drawn (free data for the tokenizer: no extra env steps)."""
 
-    def __init__(self, env: gym.Env, repeat: int):
-        gym.utils.RecordConstructorArgs.__init__(self, repeat=repeat)
+    def __init__(self, env: gym.Env, repeat: int, keep_frames: bool = False):
+        gym.utils.RecordConstructorArgs.__init__(self, repeat=repeat, keep_frames=keep_frames)
         gym.Wrapper.__init__(self, env)
         if repeat < 1:
             raise ValueError(f"action_repeat must be >= 1, got {repeat}")
-        self.repeat = repeat
+        self.repeat, self.keep_frames = repeat, keep_frames
 
     def step(self, action):
-        total = 0.0
+        total, frames = 0.0, []
         for i in range(self.repeat):
-            last = i == self.repeat - 1  # only the last repeat's frame is returned: draw only it
-            with nullcontext() if last else frames_skipped(self.env):
+            draw = self.keep_frames or i == self.repeat - 1  # else nobody reads this frame
+            with nullcontext() if draw else frames_skipped(self.env):
                 obs, reward, terminated, truncated, info = self.env.step(action)
             total = total + reward  # a float, or one per car for multi-car racing
+            frames.append(obs)
             if terminated or truncated:
-                if not last:  # ended early: draw the frame it ended on
+                if not draw:  # ended early: draw the frame it ended on
                     obs = redrawn(self.env, obs)
                 break
+        if self.keep_frames:  # a fixed shape, so that vector envs can stack it
+            info = info | {"frames": np.stack(frames + [obs] * (self.repeat - len(frames))),
+                           "frame_count": len(frames)}  # fmt: skip
         return obs, total, terminated, truncated, info
 
 
