@@ -129,29 +129,18 @@ def collect(
     make_env = functools.partial(envs.make, env, **env_options, **keep)
     probe = make_env()
     cars = envs.num_streams(probe)
-    obs_shape = probe.observation_space.shape[-3:]
-    action_dim = probe.action_space.shape[-1]
-    bins = envs.action_bins(probe)
+    spaces = {
+        "obs_shape": probe.observation_space.shape[-3:],
+        "action_dim": probe.action_space.shape[-1],
+        "action_bins": envs.action_bins(probe),
+    }
     probe.close()
-    store = EpisodeStore.create(
-        out,
-        env=env,
-        obs_shape=obs_shape,
-        action_dim=action_dim,
-        action_bins=bins,
-        env_options=env_options,
-    )
-    races = -(-episodes // cars)
+    store = EpisodeStore.create(out, env=env, env_options=env_options, **spaces)
     frame_store = None
-    if frames is not None:
-        frame_store = EpisodeStore.create(
-            frames,
-            env=env,
-            obs_shape=obs_shape,
-            action_dim=action_dim,
-            action_bins=bins,
-            env_options=env_options | {"action_repeat": 1},
-        )
+    if frames is not None:  # the env's own frame stream: action repeat 1
+        every = env_options | {"action_repeat": 1}
+        frame_store = EpisodeStore.create(frames, env=env, env_options=every, **spaces)
+    races = -(-episodes // cars)
     with store, frame_store or nullcontext():
         workers = min(workers, races)
         _run(store, frame_store, make_env, episodes, workers, cars, seed, policy, progress)
