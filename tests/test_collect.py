@@ -10,7 +10,7 @@ import pytest
 
 from nanodreamer import envs
 from nanodreamer.cli import main
-from nanodreamer.data import EpisodeStore, RandomPolicy, collect, verify
+from nanodreamer.data import EpisodeStore, RandomPolicy, collect, split_episodes, verify
 from nanodreamer.data.collect import random_policy
 from nanodreamer.errors import UserError
 
@@ -44,7 +44,10 @@ def test_frames_keep_every_stepped_frame_of_the_same_episodes(tmp_path):
     data, frames, plain = (EpisodeStore(tmp_path / name) for name in "afb")
     assert list(frames.lengths) == [11, 11, 11, 10] * 2 and not frames.labelled.any()
     assert [e["phase"] for e in frames.episodes] == [0, 1, 2, 3] * 2
-    assert frames.manifest["env_options"]["action_repeat"] == 1
+    assert frames.manifest["env_options"] == data.manifest["env_options"]  # phases step as data
+    assert split_episodes(frames, "val") == [
+        4 * k + p for k in split_episodes(data, "val") for p in range(4)
+    ]
     for k in range(2):
         obs, phases = data[k]["obs"], [frames[4 * k + p]["obs"] for p in range(4)]
         np.testing.assert_array_equal(obs, plain[k]["obs"])

@@ -3,7 +3,8 @@ import pytest
 import torch
 from conftest import make_store
 
-from nanodreamer.data import WindowDataset, split_episodes, window_loader
+from nanodreamer.data import EpisodeStore, WindowDataset, split_episodes, window_loader
+from nanodreamer.eval.tokenizer import settle_frames
 
 
 def origin(window) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +76,17 @@ def test_split_by_episode_disjoint_and_stable(tmp_path):
     assert {train_windows.locate(i)[0] for i in range(500)} <= set(train)
     grown = make_store(tmp_path / "bigger", [10] * 40)
     assert set(val) <= set(split_episodes(grown, "val"))
+
+
+def test_settle_frames_count_env_frames(tmp_path):
+    """Car racing's zoom-in (50 env frames) is 7 stored frames at action repeat 8."""
+    for options, skip in (({}, 50), ({"action_repeat": 8}, 7), ({"action_repeat": 4}, 13)):
+        store = EpisodeStore.create(
+            tmp_path / str(skip), env="car-racing", obs_shape=(8, 8, 3), action_dim=2,
+            env_options=options,
+        )  # fmt: skip
+        assert settle_frames(store) == skip
+        store.close()
 
 
 def test_two_episodes_give_both_splits(tmp_path):

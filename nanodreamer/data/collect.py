@@ -137,9 +137,8 @@ def collect(
     probe.close()
     store = EpisodeStore.create(out, env=env, env_options=env_options, **spaces)
     frame_store = None
-    if frames is not None:  # the env's own frame stream: action repeat 1
-        every = env_options | {"action_repeat": 1}
-        frame_store = EpisodeStore.create(frames, env=env, env_options=every, **spaces)
+    if frames is not None:  # each phase episode steps as the data does: same options
+        frame_store = EpisodeStore.create(frames, env=env, env_options=env_options, **spaces)
     races = -(-episodes // cars)
     with store, frame_store or nullcontext():
         workers = min(workers, races)
@@ -195,12 +194,13 @@ def _run(store, frame_store, make_env, episodes, num_envs, cars, seed, policy, p
                     if seeds[i] is not None and written < episodes:
                         car = {"car": int(j - i * cars)} if cars > 1 else {}
                         store.add(recorders[j].episode(), seed=seeds[i], policy=label, **car)
-                        if frame_store is not None:
-                            repeat = info["frames"].shape[1]
+                        if frame_store is not None:  # in its episode's train/val split
+                            repeat, split_of = info["frames"].shape[1], store.episodes[-1]["file"]
                             for phase, frames in enumerate(recorders[j].frame_episodes(repeat)):
                                 frame_store.add(
-                                    frames, actions=False, seed=seeds[i], phase=phase, **car
-                                )
+                                    frames, actions=False, seed=seeds[i], phase=phase,
+                                    split_of=split_of, **car,
+                                )  # fmt: skip
                         written += 1
                         bar.update(1)
                 seeds[i] = reset_seeds[i] = None

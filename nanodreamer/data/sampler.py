@@ -29,16 +29,18 @@ from nanodreamer.errors import UserError
 def split_episodes(store: EpisodeStore, split: str, val_fraction: float = 0.1) -> list[int]:
     """Indices of the episodes in `split` ("train", "val" or "all").
 
-    An episode's split is decided by a hash of its file name, so it never changes when the
+    An episode's split is decided by a hash of its file name (or of `split_of`: `collect
+    --frames` episodes share their dataset episode's split), so it never changes when the
     dataset grows. With two or more episodes, each split gets at least one.
     """
     if split == "all":
         return list(range(len(store)))
-    buckets = [zlib.crc32(e["file"].encode()) % 10_000 / 10_000 for e in store.episodes]
+    keys = [e.get("split_of", e["file"]) for e in store.episodes]
+    buckets = [zlib.crc32(key.encode()) % 10_000 / 10_000 for key in keys]
     val = [i for i, b in enumerate(buckets) if b < val_fraction]
     if len(store) >= 2 and val_fraction > 0:
         if not val:
-            val = [int(np.argmin(buckets))]
+            val = [i for i, b in enumerate(buckets) if b == min(buckets)]
         if len(val) == len(store):
             val = val[:-1]
     if split == "val":

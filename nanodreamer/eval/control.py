@@ -34,7 +34,7 @@ from nanodreamer.data.collect import random_policy
 from nanodreamer.envs.car_racing import frames_skipped
 from nanodreamer.errors import UserError
 from nanodreamer.eval.metrics import correlation, psnr, seeded
-from nanodreamer.eval.tokenizer import SETTLE_FRAMES
+from nanodreamer.eval.tokenizer import settle_frames
 from nanodreamer.tokenizer import frames_from_uint8
 
 HORIZONS = (1, 4, 8, 16)
@@ -59,7 +59,7 @@ def pick_contexts(store: EpisodeStore, count: int, context: int, horizon: int, s
     """Up to `count` contexts spread over the split's episodes, each followed by `horizon`
     recorded frames; early in episodes (within 200 frames of the settle frames), which keeps
     the env replay short. Deterministic."""
-    settle = SETTLE_FRAMES.get(store.manifest["env"], 0)
+    settle = settle_frames(store)
     episodes = split_episodes(store, split) or split_episodes(store, "all")
     per_episode = max(1, -(-count // len(episodes)))
     contexts = []

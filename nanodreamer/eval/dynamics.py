@@ -18,7 +18,7 @@ from nanodreamer.data import EpisodeStore, split_episodes
 from nanodreamer.eval.control import HORIZONS, NotReplayable, counterfactual_dynamics
 from nanodreamer.eval.metrics import psnr, seeded
 from nanodreamer.eval.pictures import save_video, side_by_side
-from nanodreamer.eval.tokenizer import SETTLE_FRAMES
+from nanodreamer.eval.tokenizer import settle_frames
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
 
@@ -27,7 +27,7 @@ def rollout_windows(data: str | Path, length: int, count: int, split: str = "val
     """Up to `count` windows of `length` frames (obs uint8, action, is_first, has_action) from
     the split's episodes, evenly spread after the settle frames. Deterministic."""
     store = EpisodeStore(data)
-    skip = SETTLE_FRAMES.get(store.manifest["env"], 0)
+    skip = settle_frames(store)
     episodes = split_episodes(store, split) or split_episodes(store, "all")
     per_episode = max(1, -(-count // len(episodes)))
     windows = []

@@ -13,8 +13,14 @@ from nanodreamer.eval.metrics import psnr, ssim
 from nanodreamer.eval.pictures import save_video, side_by_side
 from nanodreamer.tokenizer import Tokenizer, frames_from_uint8
 
-# Frames at the start of an episode that are not gameplay (car racing zooms in for ~50 frames).
+# Env frames at the start of an episode that are not gameplay (car racing zooms in for ~50).
 SETTLE_FRAMES = {"car-racing": 50}
+
+
+def settle_frames(store: EpisodeStore) -> int:
+    """Stored frames to skip at an episode's start: `SETTLE_FRAMES` at the data's action repeat."""
+    repeat = store.manifest["env_options"].get("action_repeat", 1)
+    return -(-SETTLE_FRAMES.get(store.manifest["env"], 0) // repeat)
 
 
 def validation_windows(
@@ -24,7 +30,7 @@ def validation_windows(
     starting after the first `skip` frames when the episode is long enough. Deterministic."""
     store = EpisodeStore(data)
     if skip is None:
-        skip = SETTLE_FRAMES.get(store.manifest["env"], 0)
+        skip = settle_frames(store)
     episodes = split_episodes(store, split) or split_episodes(store, "all")
     per_episode = max(1, -(-count // len(episodes)))
     windows = []
