@@ -29,6 +29,8 @@ from nanodreamer.commands import (
 )
 from nanodreamer.errors import UserError
 
+PRIORS = ("bc", "uniform", "data")  # imagination's policy start and KL prior (ImaginationPhase)
+
 __all__ = ["build_parser", "main", "train_config"]
 
 
@@ -231,8 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--beta",
         type=float,
         default=0.3,
-        help="weight of KL[policy || BC prior] (random data: the prior is near uniform, so this "
-        "acts as an entropy bonus)",
+        help="weight of KL[policy || prior] (--prior: a broad prior makes it an entropy bonus)",
     )
     p.add_argument(
         "--sampling-steps",
@@ -247,10 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first updates train the value alone, so advantages are not all one sign",
     )
     p.add_argument(
-        "--uniform-prior",
-        action="store_true",
-        help="start the policy uniform and keep its KL prior uniform (an entropy bonus), not "
-        "the BC policy: BC of random data with held actions just repeats the last action",
+        "--prior",
+        choices=PRIORS,
+        default="bc",
+        help="the policy's start and KL prior: the BC policy (bc), every action alike (uniform: "
+        "BC of random data with held actions just repeats the last one), or the data's action "
+        "frequencies (data: like uniform, without the actions the data never took)",
     )
     p.set_defaults(func=cmd_train_imagination)
 
@@ -361,11 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="KL weight to the prior (0.1)")
     p.add_argument("--sampling-steps", type=int, help="per imagined frame (2)")
     p.add_argument("--value-warmup", type=int, help="value-only imagination updates (50)")
-    p.add_argument(
-        "--uniform-prior",
-        action=argparse.BooleanOptionalAction,
-        help="imagination: uniform policy start and prior (default on; off: the BC policy)",
-    )
+    p.add_argument("--prior", choices=PRIORS, help="imagination policy's start, prior (data)")
     p.add_argument("--action-bins", type=int, help="per continuous action dimension (8)")
     p.add_argument("--window", type=int, help="world model's context in decisions (8)")
     p.add_argument("--value-gamma", type=float, help="phase 2 fits the value to returns (0.9)")

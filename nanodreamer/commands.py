@@ -314,7 +314,7 @@ def cmd_train_imagination(args: argparse.Namespace) -> None:
             beta=args.beta,
             steps=args.sampling_steps,
             value_warmup=args.value_warmup,
-            uniform_prior=args.uniform_prior,
+            prior=args.prior,
         ),
         cfg,
         args,
@@ -388,7 +388,7 @@ def cmd_rounds(args: argparse.Namespace) -> None:
     options = {"action_repeat": a.action_repeat, "max_episode_steps": a.max_episode_steps}
     settings = {"horizon": a.horizon, "gamma": a.gamma, "beta": a.beta}
     settings |= {"steps": a.sampling_steps, "value_warmup": a.value_warmup}
-    settings |= {"uniform_prior": a.uniform_prior}
+    settings |= {"prior": a.prior}
     fields = ("env", "rounds", "first_episodes", "episodes_per_round", "random_share", "minutes")
     fields += ("first_minutes", "action_bins", "window", "value_gamma", "eval_episodes", "workers")
     config = replace(

@@ -17,7 +17,8 @@
 Before round R > 0 the dataset grows by `episodes_per_round` episodes: a `random_share` of them
 from the random policy (exploration the policy does not choose), the rest from round R-1's
 imagination policy acting greedily, as it is evaluated (its sampled actions are near-random:
-the uniform prior keeps it broad), so the world model learns the states that policy reaches.
+the prior, the data's action frequencies, keeps it broad), so the world model learns the
+states that policy reaches.
 A phase that finished (its run.json says so) is skipped and an interrupted one resumes its
 checkpoint; a written eval.json is kept; collection tops the dataset up to its round's size.
 So a killed run, rerun, continues where it stopped.
@@ -49,7 +50,7 @@ PLOTS = {
 class RoundsConfig:
     """Defaults: the car-racing recipe (bench/RESULTS.md, "An agent that drives"): action repeat
     8, a world model that sees 8 decisions, a value fitted to the data's returns in phase 2,
-    then a short imagination horizon from a uniform prior."""
+    then a short imagination horizon from the data's action frequencies as the prior."""
 
     env: str = "car-racing"
     env_options: dict = field(  # collection: action repeat, episode cap in frames
@@ -70,7 +71,7 @@ class RoundsConfig:
     value_gamma: float | None = 0.9  # phase 2 also fits the value to the data's returns
     imagination: dict = field(  # ImaginationPhase settings
         default_factory=lambda: dict(
-            horizon=3, gamma=0.9, beta=0.1, uniform_prior=True, value_warmup=50, steps=2
+            horizon=3, gamma=0.9, beta=0.1, prior="data", value_warmup=50, steps=2
         )
     )
 

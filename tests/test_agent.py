@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import cli, make_store, train_world_model
+from conftest import cli, make_store, synthetic_episode, train_world_model
 
 from nanodreamer import envs
 from nanodreamer.agent import (
@@ -241,18 +241,54 @@ def test_value_warmup_trains_the_value_alone_and_resumes(agent_runs, tmp_path):
     assert phase.run_info()["imagination"]["value_warmup"] == 2
 
 
-def test_uniform_prior_starts_and_stays_uniform(agent_runs):
-    """With a uniform prior the policy starts uniform (whatever its BC weights said) and its
-    KL prior is uniform for every state: the KL term is an entropy bonus."""
-    from nanodreamer.train.agent import ImaginationPhase
+def test_uniform_and_data_priors_are_the_same_in_every_state(agent_runs):
+    """--prior uniform / data: the policy starts at, and its KL prior is, every action alike
+    (the KL term an entropy bonus) or each action dimension's bin frequencies in the data,
+    whatever its BC weights said, in every state."""
+    from nanodreamer.train.agent import ImaginationPhase, action_prior_logits
     from nanodreamer.train.trainer import TrainConfig
 
     cfg = TrainConfig(steps=1, batch_size=2, seq_len=8, workers=0, tensorboard=False)
-    phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3, uniform_prior=True)
-    states = torch.randn(5, phase.model.heads.config.dim)
-    for logits in (phase.model.heads.policy(states, 1), phase.objective.prior(states, 1)):
-        assert torch.equal(logits, torch.zeros_like(logits))
-    assert phase.run_info()["imagination"]["uniform_prior"] is True
+    for prior in ("uniform", "data"):
+        phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3, prior=prior)
+        heads = phase.model.heads
+        bins = heads.config.action_bins
+        expected = torch.zeros(2, bins).log_softmax(-1)
+        if prior == "data":
+            expected = action_prior_logits(phase.latents, bins)
+        states = torch.randn(5, heads.config.dim)
+        for head in (heads.policy, phase.objective.prior):
+            logits = head(states, 1)[:, 0].unflatten(-1, (2, bins))
+            torch.testing.assert_close(logits.log_softmax(-1), expected.expand(5, 2, bins))
+        assert phase.run_info()["imagination"]["prior"] == prior
+    with pytest.raises(UserError, match="unknown prior 'flat'"):
+        ImaginationPhase(agent_runs / "agent", cfg, prior="flat")
+
+
+def test_data_prior_is_the_data_action_frequencies(tmp_path):
+    """Each dimension's bin frequencies over the labelled episodes (not the reset frame's zero
+    action), bins the data never took at the floor; action-free episodes do not count."""
+    from nanodreamer.data import EpisodeStore
+    from nanodreamer.train.agent import action_prior_logits
+
+    episodes = [synthetic_episode(9, i, 8, 2) for i in range(3)]
+    for episode in episodes:  # steer: bins 2 and 3 ...
+        episode["action"][:, 0] = np.abs(episode["action"][:, 0])
+    episodes[1]["action"][1:, 0] = -1.0  # ... and bin 0; bin 1 never
+    with EpisodeStore.create(tmp_path / "data", env="synthetic", obs_shape=(8, 8, 3),
+                             action_dim=2) as store:  # fmt: skip
+        for episode in episodes:
+            store.add(episode)
+        free = synthetic_episode(9, 3, 8, 2)
+        free["action"][:], free["reward"][:] = 0, 0
+        store.add(free, actions=False)
+    probs = action_prior_logits(EpisodeStore(tmp_path / "data"), 4, floor=0.01).exp()
+    actions = np.concatenate([e["action"][1:] for e in episodes])  # (24,2)
+    for dim in range(2):
+        counts = np.bincount(action_to_bins(torch.as_tensor(actions[:, dim]), 4), minlength=4)
+        freq = torch.as_tensor(counts / counts.sum()).float().clamp(min=0.01)
+        torch.testing.assert_close(probs[dim], freq / freq.sum())
+    assert probs[0, 1] == pytest.approx(0.01 / 1.01)
 
 
 def test_imagination_sampling_steps(agent_runs):

@@ -30,7 +30,7 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     world = read_run(out / "round_1" / "dynamics")["model_config"]
     assert (world["action_bins"], world["window"], world["rollout_frac"]) == (8, 4, 0.5)
     settings = read_run(out / "round_1" / "imagination")["imagination"]
-    assert (settings["horizon"], settings["steps"], settings["uniform_prior"]) == (3, 2, True)
+    assert (settings["horizon"], settings["steps"], settings["prior"]) == (3, 2, "data")
     assert read_run(out / "round_1" / "agent")["value_gamma"] == 0.9
     assert read_run(out / "tokenizer")["train"]["minutes"] == pytest.approx(0.12 * 0.3)
     assert not (out / "round_1" / "tokenizer").exists()  # frozen after round 0

@@ -7,12 +7,14 @@ import copy
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from nanodreamer.agent import (
     AgentConfig,
     AgentHeads,
+    action_to_bins,
     data_value_loss,
     kl_categorical,
     lambda_returns,
@@ -256,16 +258,29 @@ def imagination_starts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["valid"].all(1) & ~batch["is_terminal"][:, -1]
 
 
+def action_prior_logits(store, bins: int, floor: float = 0.01) -> torch.Tensor:
+    """Log-frequencies (A,bins) of the actions in `store`'s labelled episodes, per dimension,
+    every bin at least `floor` (then renormalised): the data's actions, whatever the state."""
+    labelled = [i for i, e in enumerate(store.episodes) if e.get("actions", True)]
+    actions = np.concatenate([store.load(i, ("action",))["action"][1:] for i in labelled])
+    index = action_to_bins(torch.as_tensor(actions), bins)  # (N,A)
+    counts = torch.stack([torch.bincount(column, minlength=bins) for column in index.T])
+    freq = (counts / counts.sum(1, keepdim=True)).clamp(min=floor)
+    return (freq / freq.sum(1, keepdim=True)).log()
+
+
 class ImaginationObjective(nn.Module):
     def __init__(
         self, model: AgentModel, horizon: int, gamma: float, lam: float, alpha: float, beta: float,
-        steps: int, value_warmup: int = 0, uniform_prior: bool = False,
+        steps: int, value_warmup: int = 0, prior_logits: torch.Tensor | None = None,
     ):  # fmt: skip
+        """`prior_logits` (A,bins): the policy starts at, and its KL prior stays, these logits
+        in every state (a zero output weight); None: the behaviour-cloning policy."""
         super().__init__()
         self.model = model
-        if uniform_prior:  # a zero output layer: the policy starts, and its prior stays, uniform
+        if prior_logits is not None:
             nn.init.zeros_(model.heads.policy.out[0].weight)
-            nn.init.zeros_(model.heads.policy.out[0].bias)
+            model.heads.policy.out[0].bias.data.copy_(prior_logits.flatten())
         self.prior = copy.deepcopy(model.heads.policy).requires_grad_(False)
         model.dynamics.requires_grad_(False)
         model.heads.reward.requires_grad_(False)
@@ -341,11 +356,14 @@ class ImaginationPhase:
         beta: float = 0.3,
         steps: int = 4,
         value_warmup: int = 0,
-        uniform_prior: bool = False,
+        prior: str = "bc",
         init: str | Path | None = None,
     ):
-        """`init`: an imagination run whose policy and value to continue from (rounds); the
-        KL prior stays `agent_run`'s behaviour-cloning policy, or with `uniform_prior` uniform."""
+        """`prior`: where the policy starts and what its KL term pulls it toward: "bc" the
+        agent run's behaviour-cloning policy; "uniform" every action alike (an entropy bonus);
+        "data" the data's action frequencies (`action_prior_logits`): broad like "uniform",
+        but actions the data never took, whose imagined outcomes are guesses, start unlikely.
+        `init`: an imagination run whose policy and value to continue from (rounds)."""
         model, info = load_agent(agent_run)
         if info["phase"] != "agent":
             raise UserError(f"{agent_run} is an {info['phase']} run: start from an agent run")
@@ -372,10 +390,18 @@ class ImaginationPhase:
             "beta": beta,
             "steps": steps,
             "value_warmup": value_warmup,
-            "uniform_prior": uniform_prior,
+            "prior": prior,
         }
+        bins = (model.heads.config.action_dim, model.heads.config.action_bins)
+        priors = {
+            "bc": lambda: None,
+            "uniform": lambda: torch.zeros(bins),
+            "data": lambda: action_prior_logits(self.latents, bins[1]),
+        }
+        if prior not in priors:
+            raise UserError(f"unknown prior {prior!r}: use one of {', '.join(priors)}")
         self.objective = ImaginationObjective(
-            model, horizon, gamma, lam, alpha, beta, steps, value_warmup, uniform_prior
+            model, horizon, gamma, lam, alpha, beta, steps, value_warmup, priors[prior]()
         )
         self.init = init
         if init is not None:
