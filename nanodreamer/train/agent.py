@@ -24,6 +24,7 @@ from nanodreamer.agent import (
     sample_action,
 )
 from nanodreamer.data.latents import encode_dataset
+from nanodreamer.data.sampler import labelled_episodes
 from nanodreamer.dynamics import (
     Dynamics,
     DynamicsConfig,
@@ -261,8 +262,8 @@ def imagination_starts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def action_prior_logits(store, bins: int, floor: float = 0.01) -> torch.Tensor:
     """Log-frequencies (A,bins) of the actions in `store`'s labelled episodes, per dimension,
     every bin at least `floor` (then renormalised): the data's actions, whatever the state."""
-    labelled = [i for i, e in enumerate(store.episodes) if e.get("actions", True)]
-    actions = np.concatenate([store.load(i, ("action",))["action"][1:] for i in labelled])
+    labelled = np.flatnonzero(labelled_episodes(store))
+    actions = np.concatenate([store.load(int(i), ("action",))["action"][1:] for i in labelled])
     index = action_to_bins(torch.as_tensor(actions), bins)  # (N,A)
     counts = torch.stack([torch.bincount(column, minlength=bins) for column in index.T])
     freq = (counts / counts.sum(1, keepdim=True)).clamp(min=floor)
