@@ -12,5 +12,5 @@ if __name__ == "__main__":
     policy = RandomPolicy(2, 2, seed=0, low=low, high=high)
     options = {"num_cars": 2, "max_episode_steps": 250}
     gif = "docs/multi_car_racing.gif"
-    returns = run_episodes("multi-car-racing", options, policy, [0], video=gif)
+    returns, _ = run_episodes("multi-car-racing", options, policy, [0], video=gif)
     print(f"returns per car: {returns[0].round(1).tolist()}")

@@ -406,9 +406,8 @@ def cmd_rounds(args: argparse.Namespace) -> None:
     for r in run_rounds(args.out, config):
         e = r["real_env"]
         print(
-            f"round {r['round']}: imagination {interval(e, '')} (sampled "
-            f"{interval(e, 'sampled_')}), BC {interval(e, 'bc_best_')}, random "
-            f"{interval(e, 'random_')}"
+            f"round {r['round']}: imagination {interval(e, '')} (acting {e['acting']}), "
+            f"BC {interval(e, 'bc_best_')}, random {interval(e, 'random_')}"
         )
 
 

@@ -96,11 +96,15 @@ Generation: {w["fps"]:.1f} frames/s with the key/value cache,
 
 ## Agent
 Real-environment return over {a["episodes"]} full-length episodes on seeds no collection used
-(mean ± 95% interval): imagination-trained policy {a["return_mean"]:.1f} ±
-{a["return_ci95"]:.1f} acting greedily ({a["sampled_return_mean"]:.1f} ±
-{a["sampled_return_ci95"]:.1f} sampling its actions), behaviour-cloning policy (the better of
-greedy and sampled) {a["bc_best_return_mean"]:.1f} ± {a["bc_best_return_ci95"]:.1f}, random
-policy {a["random_return_mean"]:.1f} ± {a["random_return_ci95"]:.1f}.
+(mean ± 95% interval): imagination-trained policy **{a["return_mean"]:.1f} ±
+{a["return_ci95"]:.1f}**, behaviour-cloning policy (the better of greedy and sampled on these
+seeds) {a["bc_best_return_mean"]:.1f} ± {a["bc_best_return_ci95"]:.1f}, random policy
+{a["random_return_mean"]:.1f} ± {a["random_return_ci95"]:.1f}. The imagination policy acts
+{"greedily" if a["acting"] == "greedy" else "by sampling its actions"}, chosen on
+{a["acting_frames"]} frames of validation episodes on other seeds (mean return greedy
+{a["acting_returns"]["greedy"]:.1f}, sampled {a["acting_returns"]["sampled"]:.1f}); on the
+evaluation seeds greedy {a["greedy_return_mean"]:.1f} ± {a["greedy_return_ci95"]:.1f}, sampled
+{a["sampled_return_mean"]:.1f} ± {a["sampled_return_ci95"]:.1f}.
 ![agent]({here.name}/agent.gif)
 Imagined rollouts of the policy: `{here.name}/imagination/imagined_policy.gif`.
 

@@ -11,14 +11,23 @@
     OUT/round_R/agent/       BC + reward heads on the round's world model (continues R-1's)
     OUT/round_R/imagination/ PMPO in the round's world model (continues R-1's policy, value)
     OUT/round_R/eval.json    real-env returns of the imagination policy, its BC policy and
-                             random, on the same fresh seeds, full-length episodes
+                             random, on the same fresh seeds, full-length episodes; the
+                             imagination policy acts as chosen on other seeds (`acting`)
     OUT/rounds.json, OUT/learning_curve.png
 
 Before round R > 0 the dataset grows by `episodes_per_round` episodes: a `random_share` of them
 from the random policy (exploration the policy does not choose), the rest from round R-1's
-imagination policy acting greedily, as it is evaluated (its sampled actions are near-random:
-the prior, the data's action frequencies, keeps it broad), so the world model learns the
-states that policy reaches.
+imagination policy acting as it is evaluated, so the world model learns the states that
+policy reaches.
+
+How the imagination policy acts is chosen per round on validation episodes (full length, on
+seeds apart from the evaluation's and every collection's, half the evaluation's count each
+way): greedily (each action dimension's most likely bin) or by sampling its actions,
+whichever returns more. Neither wins everywhere (bench/RESULTS.md, session 19): on a world
+model that gives a driver the greedy policy drives better; on one that does not, it repeats
+one bad action (a circle, a brake) that sampling escapes. Choosing on the evaluation's own
+seeds would inflate the figure; the validation episodes' frames are reported
+(`acting_frames`) and count as collected.
 A phase that finished (its run.json says so) is skipped and an interrupted one resumes its
 checkpoint; a written eval.json is kept; collection tops the dataset up to its round's size.
 So a killed run, rerun, continues where it stopped.
@@ -116,7 +125,8 @@ def _collect(data: Path, c: RoundsConfig, r: int) -> None:
         collect(c.env, data, need_random, **options)
     if need_policy > 0:
         run = round_dir(data.parent, r - 1) / "imagination"
-        policy = AgentPolicy(run, num_envs=min(c.workers, need_policy), mode=True)
+        greedy = acts_greedily(round_dir(data.parent, r - 1))
+        policy = AgentPolicy(run, num_envs=min(c.workers, need_policy), mode=greedy)
         collect(c.env, data, need_policy, policy=policy, **options)
 
 
@@ -214,9 +224,11 @@ def train_agent(data: Path, here: Path, budget: dict, device, before, c: RoundsC
 
 def evaluate_round(here: Path, env: str, episodes: int) -> dict:
     """Full-length episodes on fresh seeds (the same for every policy), and the world model's
-    figures for control (`eval.control`); kept in eval.json, so never run twice. The policies
-    act greedily (each action dimension's most likely bin: `return_*`, `bc_return_*`) and by
-    sampling (`sampled_return_*`, `bc_sampled_return_*`); `bc_best_*` is the better BC."""
+    figures for control (`eval.control`); kept in eval.json, so never run twice. The
+    imagination policy's `return_*` are for its `acting` mode (`choose_acting`); both modes
+    are also given on the evaluation seeds (`greedy_return_*`, `sampled_return_*`), BC both
+    ways (`bc_return_*` greedy, `bc_sampled_return_*`), and `bc_best_*`, the better BC on these
+    seeds (the baseline favoured)."""
     from nanodreamer.eval.agent import evaluate_agent
     from nanodreamer.eval.control import control_figures
 
@@ -225,9 +237,13 @@ def evaluate_round(here: Path, env: str, episodes: int) -> dict:
         return json.loads(done.read_text())
     keys = ("return_mean", "return_std", "return_ci95")
     policy, bc = here / "imagination", here / "agent"
-    results = evaluate_agent(policy, env, episodes, video=here / "agent.gif", mode=True)
-    for run, prefix, greedy in ((policy, "sampled_", False), (bc, "bc_", True),
-                                (bc, "bc_sampled_", False)):  # fmt: skip
+    results = choose_acting(policy, env, max(1, episodes // 2))
+    greedy = results["acting"] == "greedy"
+    results |= evaluate_agent(policy, env, episodes, video=here / "agent.gif", mode=greedy)
+    other = evaluate_agent(policy, env, episodes, random=False, mode=not greedy)
+    chosen, rest = ("greedy_", "sampled_") if greedy else ("sampled_", "greedy_")
+    results |= {f"{chosen}{k}": results[k] for k in keys} | {f"{rest}{k}": other[k] for k in keys}
+    for run, prefix, greedy in ((bc, "bc_", True), (bc, "bc_sampled_", False)):
         scores = evaluate_agent(run, env, episodes, random=False, mode=greedy)
         results |= {f"{prefix}{k}": scores[k] for k in keys}
     bc_mean = results["bc_return_mean"]
@@ -236,6 +252,28 @@ def evaluate_round(here: Path, env: str, episodes: int) -> dict:
     results |= control_figures(here / "imagination")
     done.write_text(to_json(results))
     return json.loads(done.read_text())
+
+
+ACTING_SEED = 1  # the validation episodes' seeds; the evaluation draws its own with seed 0
+
+
+def choose_acting(run: Path, env: str, episodes: int) -> dict:
+    """Greedy or sampled: whichever returns more over `episodes` full-length validation
+    episodes each (module doc). `acting_frames`: the env frames they stepped."""
+    from nanodreamer.eval.agent import evaluate_agent
+
+    returns, frames = {}, 0
+    for mode in ("greedy", "sampled"):
+        scores = evaluate_agent(run, env, episodes, seed=ACTING_SEED, random=False,
+                                mode=mode == "greedy")  # fmt: skip
+        returns[mode], frames = scores["return_mean"], frames + scores["frames"]
+    return {"acting": max(returns, key=returns.get), "acting_returns": returns,
+            "acting_frames": frames}  # fmt: skip
+
+
+def acts_greedily(here: Path) -> bool:
+    """Whether round `here`'s imagination policy acts greedily (its eval.json's choice)."""
+    return json.loads((here / "eval.json").read_text())["acting"] == "greedy"
 
 
 def plot_learning_curve(results: list[dict], out: Path) -> Path:
@@ -249,8 +287,8 @@ def plot_learning_curve(results: list[dict], out: Path) -> Path:
 
     rounds = [r["round"] for r in results]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for prefix, label in (("", "imagination policy"), ("bc_best_", "behaviour cloning (best)"),
-                          ("random_", "random")):  # fmt: skip
+    lines = {"": "imagination policy", "bc_best_": "behaviour cloning (best)", "random_": "random"}
+    for prefix, label in lines.items():
         means = [r["real_env"][f"{prefix}return_mean"] for r in results]
         errors = [r["real_env"][f"{prefix}return_ci95"] or 0 for r in results]
         ax.errorbar(rounds, means, yerr=errors, marker="o", capsize=3, label=label)

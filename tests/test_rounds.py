@@ -40,7 +40,13 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     results = json.loads((out / "rounds.json").read_text())
     assert [r["round"] for r in results] == [0, 1]
     keys = {"return_mean", "sampled_return_mean", "bc_best_return_mean", "random_return_mean"}
-    assert keys <= set(results[1]["real_env"])
+    real_env = results[1]["real_env"]
+    assert keys | {"greedy_return_mean", "acting_returns", "acting_frames"} <= set(real_env)
+    acting = real_env["acting"]  # the better mode on the validation seeds, then the headline
+    assert acting == max(real_env["acting_returns"], key=real_env["acting_returns"].get)
+    assert real_env["return_mean"] == real_env[f"{acting}_return_mean"]
+    assert not set(real_env["seeds"]) & {e["seed"] for e in store.episodes}
+    assert f"(acting {acting})" in printed
     assert (out / "learning_curve.png").stat().st_size > 0
     # rerun: everything done is kept; a lost evaluation and an unfinished phase are redone
     (out / "round_1" / "eval.json").unlink()

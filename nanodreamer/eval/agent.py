@@ -127,8 +127,9 @@ def run_episodes(
     video: str | Path | None = None,
     desc: str = "episodes",
     opponents=None,
-) -> np.ndarray:
-    """Returns (episodes, cars): one episode per seed (cars = 1 unless the env races several),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns the returns (episodes, cars) and each episode's env steps (episodes,): one
+    episode per seed (cars = 1 unless the env races several),
     all run in lockstep so that the policy acts on every env in one batch; an env whose
     episode has ended idles until all have. `opponents`, when given, drives every car but the
     first. Optionally a video of the first episode, all cars' views side by side."""
@@ -139,6 +140,7 @@ def run_episodes(
     views = views.reshape(len(pool) * cars, *views.shape[-3:])  # (envs*cars, H, W, C)
     is_first = np.ones(len(views), bool)
     total, running, frames = np.zeros((len(pool), cars)), np.ones(len(pool), bool), []
+    steps = np.zeros(len(pool), int)
     bar = tqdm(total=len(pool), desc=desc, unit="ep")
     while running.any():
         if video is not None and running[0]:
@@ -152,6 +154,7 @@ def run_episodes(
             obs, reward, terminated, truncated, _ = pool[i].step(act)
             views[i * cars : (i + 1) * cars] = obs.reshape(cars, *obs.shape[-3:])
             total[i] += np.asarray(reward).reshape(cars)
+            steps[i] += 1
             if terminated or truncated:
                 running[i] = False
                 bar.update(1)
@@ -160,7 +163,7 @@ def run_episodes(
         env.close()
     if video is not None and frames:
         save_video(video, np.stack(frames), fps=25, scale=2)
-    return total
+    return total, steps
 
 
 def evaluate_agent(
@@ -218,15 +221,16 @@ def evaluate_agent(
     seeds = evaluation_seeds(seed, episodes, taken)
     rivals = random_for((cars - 1) * episodes) if opponents == "random" and cars > 1 else None
     with seeded(seed):  # the policy's sampled actions: the same figures on every call
-        returns = run_episodes(env_name, options, policy, seeds, video, "agent", rivals)
+        returns, steps = run_episodes(env_name, options, policy, seeds, video, "agent", rivals)
     scored = returns[:, :1] if rivals is not None else returns
     results = {f"return_{k}": v for k, v in mean_interval(scored).items()}
     results |= {"returns": scored.ravel().tolist(), "episodes": episodes, "seeds": seeds}
+    results["frames"] = int(steps.sum()) * options.get("action_repeat", 1)  # env frames stepped
     results["env_options"] = options
     if cars > 1:
         results["per_car_return_mean"] = returns.mean(0).tolist()
     if random:
-        random_returns = run_episodes(
+        random_returns, _ = run_episodes(
             env_name, options, random_for(cars * episodes), seeds, desc="random"
         )
         results |= {f"random_return_{k}": v for k, v in mean_interval(random_returns).items()}
