@@ -293,7 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True)
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", action="store_true", help="take the most likely action")
+    acting = p.add_mutually_exclusive_group()  # neither: as the run records (pack), else sample
+    acting.add_argument("--mode", action="store_true", default=None, help="most likely actions")
+    acting.add_argument(
+        "--sample",
+        dest="mode",
+        action="store_false",
+        default=None,
+        help="sampled actions (default, unless the run records a choice)",
+    )
     p.add_argument(
         "--max-episode-steps", type=int, help="cap episodes (default: the env's own limit)"
     )

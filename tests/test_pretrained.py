@@ -7,9 +7,9 @@ import pytest
 from conftest import cli, train_world_model
 
 from nanodreamer import pretrained as shipped
-from nanodreamer.cli import main
+from nanodreamer.cli import build_parser, main
 from nanodreamer.data import EpisodeStore
-from nanodreamer.eval.agent import evaluate_agent
+from nanodreamer.eval.agent import AgentPolicy, evaluate_agent
 from nanodreamer.train.checkpoint import read_run
 from nanodreamer.train.dynamics import load_world_model
 
@@ -25,6 +25,7 @@ def test_packed_run_works_alone_after_its_training_folders_are_gone(tmp_path, mo
         f"train imagination --run {train}/agent --out {train}/im --steps 2 --horizon 2 "
         "--sampling-steps 1"
     )
+    (train / "eval.json").write_text(json.dumps({"acting": "greedy"}))  # as a rounds folder's
     main(["pack", "--run", str(train / "im"), "--out", str(tmp_path / "made"), "--episodes", "2"])
     folder = tmp_path / "shipped" / "dot-test"
     folder.parent.mkdir()
@@ -34,6 +35,8 @@ def test_packed_run_works_alone_after_its_training_folders_are_gone(tmp_path, mo
     info = read_run(folder / "agent")
     assert info["tokenizer"] == str((folder / "tokenizer").resolve())
     assert len(EpisodeStore(info["data"])) == 2
+    assert info["acting"] == "greedy" and AgentPolicy(folder / "agent").mode  # the round's choice
+    assert not AgentPolicy(folder / "agent", mode=False).mode
     world = load_world_model(folder / "agent")
     assert world.dynamics.config.action_dim == 2
     results = evaluate_agent(folder / "agent", "dot", 2, random=False)
@@ -44,6 +47,9 @@ def test_packed_run_works_alone_after_its_training_folders_are_gone(tmp_path, mo
     cli("eval agent --pretrained dot-test --env dot --episodes 2 --json")
     printed = json.loads(capsys.readouterr().out)
     assert printed["episodes"] == 2 and "imagined_real_corr" in printed
+    for flags, mode in (("", None), ("--mode", True), ("--sample", False)):
+        args = build_parser().parse_args(f"eval agent --run r --env dot {flags}".split())
+        assert args.mode is mode
     with pytest.raises(SystemExit):
         cli("eval agent --pretrained nope --env dot")
     assert "no pretrained models named 'nope': use one of dot-test" in capsys.readouterr().err

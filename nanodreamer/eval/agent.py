@@ -63,11 +63,12 @@ class AgentPolicy:
     (whose rows then run idle until every member has left) for a new one, so contexts never
     leak between episodes."""
 
-    def __init__(self, run: str | Path, num_envs: int = 1, mode: bool = False, device=None):
+    def __init__(self, run: str | Path, num_envs=1, mode: bool | None = None, device=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.info = load_agent(run, self.device)
         self.tokenizer = load_tokenizer(self.info["tokenizer"], self.device)
-        self.mode = mode
+        # most likely bins (True) or sampled (False); None: as a packed run records, else sampled
+        self.mode = self.info.get("acting") == "greedy" if mode is None else mode
         self.label = str(Path(run).resolve())  # what collection records as the episode's policy
         a = self.model.dynamics.config.action_dim
         self.last_action = torch.zeros(num_envs, a, device=self.device)
@@ -173,7 +174,7 @@ def evaluate_agent(
     *,
     seed: int = 0,
     video=None,
-    mode: bool = False,
+    mode: bool | None = None,
     random: bool = True,
     max_episode_steps: int | None = None,
     num_cars: int | None = None,
