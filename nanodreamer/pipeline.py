@@ -243,8 +243,8 @@ def evaluate_round(here: Path, env: str, episodes: int) -> dict:
     other = evaluate_agent(policy, env, episodes, random=False, mode=not greedy)
     chosen, rest = ("greedy_", "sampled_") if greedy else ("sampled_", "greedy_")
     results |= {f"{chosen}{k}": results[k] for k in keys} | {f"{rest}{k}": other[k] for k in keys}
-    for run, prefix, greedy in ((bc, "bc_", True), (bc, "bc_sampled_", False)):
-        scores = evaluate_agent(run, env, episodes, random=False, mode=greedy)
+    for prefix, bc_greedy in (("bc_", True), ("bc_sampled_", False)):
+        scores = evaluate_agent(bc, env, episodes, random=False, mode=bc_greedy)
         results |= {f"{prefix}{k}": scores[k] for k in keys}
     bc_mean = results["bc_return_mean"]
     best = "bc_" if bc_mean >= results["bc_sampled_return_mean"] else "bc_sampled_"
