@@ -41,9 +41,9 @@ from pathlib import Path
 
 from nanodreamer.data import EpisodeStore, collect, summarize
 from nanodreamer.eval.pictures import plot_metrics
-from nanodreamer.io import to_json, write_json
+from nanodreamer.io import write_json
 from nanodreamer.train import distributed
-from nanodreamer.train.checkpoint import CHECKPOINT, read_run
+from nanodreamer.train.checkpoint import CHECKPOINT, RUN_FILE, read_run, write_run
 from nanodreamer.train.trainer import TrainConfig, Trainer
 
 SHARES = {"tokenizer": 0.3, "dynamics": 0.3, "agent": 0.12, "imagination": 0.13}
@@ -228,13 +228,19 @@ def evaluate_round(here: Path, env: str, episodes: int) -> dict:
     imagination policy's `return_*` are for its `acting` mode (`choose_acting`); both modes
     are also given on the evaluation seeds (`greedy_return_*`, `sampled_return_*`), BC both
     ways (`bc_return_*` greedy, `bc_sampled_return_*`), and `bc_best_*`, the better BC on these
-    seeds (the baseline favoured)."""
+    seeds (the baseline favoured). The choice is also kept in the policy's run.json."""
+    done = here / "eval.json"
+    if not done.exists():
+        write_json(done, _evaluate(here, env, episodes))
+    results = json.loads(done.read_text())
+    record_acting(here / "imagination", results["acting"])
+    return results
+
+
+def _evaluate(here: Path, env: str, episodes: int) -> dict:
     from nanodreamer.eval.agent import evaluate_agent
     from nanodreamer.eval.control import control_figures
 
-    done = here / "eval.json"
-    if done.exists():
-        return json.loads(done.read_text())
     keys = ("return_mean", "return_std", "return_ci95")
     policy, bc = here / "imagination", here / "agent"
     results = choose_acting(policy, env, max(1, episodes // 2))
@@ -249,9 +255,7 @@ def evaluate_round(here: Path, env: str, episodes: int) -> dict:
     bc_mean = results["bc_return_mean"]
     best = "bc_" if bc_mean >= results["bc_sampled_return_mean"] else "bc_sampled_"
     results |= {f"bc_best_{k}": results[f"{best}{k}"] for k in keys}
-    results |= control_figures(here / "imagination")
-    done.write_text(to_json(results))
-    return json.loads(done.read_text())
+    return results | control_figures(here / "imagination")
 
 
 ACTING_SEED = 1  # the validation episodes' seeds; the evaluation draws its own with seed 0
@@ -269,6 +273,14 @@ def choose_acting(run: Path, env: str, episodes: int) -> dict:
         returns[mode], frames = scores["return_mean"], frames + scores["frames"]
     return {"acting": max(returns, key=returns.get), "acting_returns": returns,
             "acting_frames": frames}  # fmt: skip
+
+
+def record_acting(run: Path, acting: str) -> None:
+    """Keep the round's choice in the policy's run.json, so that `eval agent`, `collect
+    --policy`, `play` and `pack` act that way by default."""
+    info = json.loads((run / RUN_FILE).read_text())  # as written: links stay as they are
+    if info.get("acting") != acting:
+        write_run(run, info | {"acting": acting})
 
 
 def acts_greedily(here: Path) -> bool:

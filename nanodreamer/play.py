@@ -301,7 +301,7 @@ async def serve_session(ws: web.WebSocketResponse, session: Session, shared: Sha
     if shared.config.agent is not None:
         from nanodreamer.eval.agent import AgentPolicy
 
-        session.policy = await run_model(AgentPolicy, shared.config.agent, 1, True, shared.device)
+        session.policy = await run_model(AgentPolicy, shared.config.agent, 1, None, shared.device)
     task = None
     async for msg in ws:
         if msg.type != WSMsgType.TEXT:

@@ -10,13 +10,11 @@ which makes such a folder from an imagination run:
 
 Only weights (safetensors) and run.json files are copied; the paths inside run.json are
 relative to the run folder, so the folder works wherever it lies. A run from `rounds` keeps
-its round's choice of acting mode (eval.json's `acting`) in the packed run.json, so that
-`eval agent` acts that way by default.
+its round's choice of acting mode (run.json's `acting`), so `eval agent` acts that way.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -58,9 +56,6 @@ def pack(run: str | Path, out: str | Path, episodes: int = 4) -> Path:
         "data": "../data",
         "packed_from": str(Path(run).resolve()),
     }
-    evaluated = Path(run).parent / "eval.json"  # a rounds folder: round_R/{imagination,eval.json}
-    acting = json.loads(evaluated.read_text()).get("acting") if evaluated.exists() else None
-    links |= {"acting": acting} if acting else {}
     write_run(tmp / "agent", {k: v for k, v in info.items() if k not in unused} | links)
     _copy_episodes(EpisodeStore(info["data"]), tmp / "data", episodes)
     if out.exists():

@@ -10,6 +10,7 @@ from nanodreamer import pretrained as shipped
 from nanodreamer.cli import build_parser, main
 from nanodreamer.data import EpisodeStore
 from nanodreamer.eval.agent import AgentPolicy, evaluate_agent
+from nanodreamer.pipeline import record_acting
 from nanodreamer.train.checkpoint import read_run
 from nanodreamer.train.dynamics import load_world_model
 
@@ -25,7 +26,7 @@ def test_packed_run_works_alone_after_its_training_folders_are_gone(tmp_path, mo
         f"train imagination --run {train}/agent --out {train}/im --steps 2 --horizon 2 "
         "--sampling-steps 1"
     )
-    (train / "eval.json").write_text(json.dumps({"acting": "greedy"}))  # as a rounds folder's
+    record_acting(train / "im", "greedy")  # as a rounds round records its choice
     main(["pack", "--run", str(train / "im"), "--out", str(tmp_path / "made"), "--episodes", "2"])
     folder = tmp_path / "shipped" / "dot-test"
     folder.parent.mkdir()

@@ -45,6 +45,7 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     acting = real_env["acting"]  # the better mode on the validation seeds, then the headline
     assert acting == max(real_env["acting_returns"], key=real_env["acting_returns"].get)
     assert real_env["return_mean"] == real_env[f"{acting}_return_mean"]
+    assert read_run(out / "round_1" / "imagination")["acting"] == acting  # eval agent follows it
     assert not set(real_env["seeds"]) & {e["seed"] for e in store.episodes}
     assert f"(acting {acting})" in printed
     assert (out / "learning_curve.png").stat().st_size > 0
@@ -56,4 +57,5 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     main(command)
     assert (out / "round_1" / "dynamics" / "metrics.jsonl").read_text() == metrics
     assert read_run(out / "round_1" / "imagination")["finished"]
+    assert read_run(out / "round_1" / "imagination")["acting"] == acting
     assert (out / "round_1" / "eval.json").exists() and len(EpisodeStore(out / "data")) == 8
