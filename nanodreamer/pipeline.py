@@ -10,6 +10,8 @@
     OUT/round_R/dynamics/    R > 0: continues round R-1's weights on the grown dataset
     OUT/round_R/agent/       BC + reward heads on the round's world model (continues R-1's)
     OUT/round_R/imagination/ PMPO in the round's world model (continues R-1's policy, value)
+    OUT/round_R/dynamics.json, imagination.gif
+                             the round's world model measured (`eval dynamics`)
     OUT/round_R/eval.json    real-env returns of the imagination policy, its BC policy and
                              random, on the same fresh seeds, full-length episodes; the
                              imagination policy acts as chosen on other seeds (`acting`)
@@ -29,8 +31,8 @@ one bad action (a circle, a brake) that sampling escapes. Choosing on the evalua
 seeds would inflate the figure; the validation episodes' frames are reported
 (`acting_frames`) and count as collected.
 A phase that finished (its run.json says so) is skipped and an interrupted one resumes its
-checkpoint; a written eval.json is kept; collection tops the dataset up to its round's size.
-So a killed run, rerun, continues where it stopped.
+checkpoint; written figures (dynamics.json, eval.json) are kept; collection tops the dataset
+up to its round's size. So a killed run, rerun, continues where it stopped.
 """
 
 from __future__ import annotations
@@ -198,8 +200,11 @@ def train_dynamics(
     init = before / "dynamics" if before else None
     run = here / "dynamics"
     _train(run, lambda: DynamicsPhase(data, tokenizer, config, cfg, init=init), cfg, device)
-    world = load_world_model(run, device.device)
-    return evaluate_dynamics(world, data, gif=here / "imagination.gif", windows=8)
+    figures = here / "dynamics.json"  # kept, as eval.json, so a resumed run does not redo them
+    if not figures.exists():
+        world = load_world_model(run, device.device)
+        write_json(figures, evaluate_dynamics(world, data, gif=here / "imagination.gif", windows=8))
+    return json.loads(figures.read_text())
 
 
 def train_agent(data: Path, here: Path, budget: dict, device, before, c: RoundsConfig) -> dict:

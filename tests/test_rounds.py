@@ -54,8 +54,10 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     run_json = out / "round_1" / "imagination" / "run.json"
     run_json.write_text(json.dumps(json.loads(run_json.read_text()) | {"finished": False}))
     metrics = (out / "round_1" / "dynamics" / "metrics.jsonl").read_text()
+    figures = (out / "round_1" / "dynamics.json").stat().st_mtime_ns
     main(command)
     assert (out / "round_1" / "dynamics" / "metrics.jsonl").read_text() == metrics
+    assert (out / "round_1" / "dynamics.json").stat().st_mtime_ns == figures  # not measured again
     assert read_run(out / "round_1" / "imagination")["finished"]
     assert read_run(out / "round_1" / "imagination")["acting"] == acting
     assert (out / "round_1" / "eval.json").exists() and len(EpisodeStore(out / "data")) == 8
