@@ -127,8 +127,7 @@ def _collect(data: Path, c: RoundsConfig, r: int) -> None:
         collect(c.env, data, need_random, **options)
     if need_policy > 0:
         run = round_dir(data.parent, r - 1) / "imagination"
-        greedy = acts_greedily(round_dir(data.parent, r - 1))
-        policy = AgentPolicy(run, num_envs=min(c.workers, need_policy), mode=greedy)
+        policy = AgentPolicy(run, num_envs=min(c.workers, need_policy))  # acts as recorded
         collect(c.env, data, need_policy, policy=policy, **options)
 
 
@@ -286,11 +285,6 @@ def record_acting(run: Path, acting: str) -> None:
     info = json.loads((run / RUN_FILE).read_text())  # as written: links stay as they are
     if info.get("acting") != acting:
         write_run(run, info | {"acting": acting})
-
-
-def acts_greedily(here: Path) -> bool:
-    """Whether round `here`'s imagination policy acts greedily (its eval.json's choice)."""
-    return json.loads((here / "eval.json").read_text())["acting"] == "greedy"
 
 
 def plot_learning_curve(results: list[dict], out: Path) -> Path:
