@@ -199,11 +199,19 @@ def train_dynamics(
     init = before / "dynamics" if before else None
     run = here / "dynamics"
     _train(run, lambda: DynamicsPhase(data, tokenizer, config, cfg, init=init), cfg, device)
-    figures = here / "dynamics.json"  # kept, as eval.json, so a resumed run does not redo them
-    if not figures.exists():
+
+    def measure() -> dict:
         world = load_world_model(run, device.device)
-        write_json(figures, evaluate_dynamics(world, data, gif=here / "imagination.gif", windows=8))
-    return json.loads(figures.read_text())
+        return evaluate_dynamics(world, data, gif=here / "imagination.gif", windows=8)
+
+    return kept(here / "dynamics.json", measure)
+
+
+def kept(path: Path, compute) -> dict:
+    """The figures in `path`, computed and written once: a resumed run does not redo them."""
+    if not path.exists():
+        write_json(path, compute())
+    return json.loads(path.read_text())
 
 
 def train_agent(data: Path, here: Path, budget: dict, device, before, c: RoundsConfig) -> dict:
@@ -233,10 +241,7 @@ def evaluate_round(here: Path, env: str, episodes: int) -> dict:
     are also given on the evaluation seeds (`greedy_return_*`, `sampled_return_*`), BC both
     ways (`bc_return_*` greedy, `bc_sampled_return_*`), and `bc_best_*`, the better BC on these
     seeds (the baseline favoured). The choice is also kept in the policy's run.json."""
-    done = here / "eval.json"
-    if not done.exists():
-        write_json(done, _evaluate(here, env, episodes))
-    results = json.loads(done.read_text())
+    results = kept(here / "eval.json", lambda: _evaluate(here, env, episodes))
     record_acting(here / "imagination", results["acting"])
     return results
 
