@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, help="square frame size for Gymnasium envs")
     p.add_argument("--action-repeat", type=int, default=1)
     p.add_argument("--max-episode-steps", type=int, help="truncate episodes at this length")
+    p.add_argument("--max-gas", type=float, help="car-racing: gas at full throttle (default 1)")
     p.add_argument("--policy", help="act with this agent run instead of randomly")
     p.add_argument(
         "--frames",
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="parallel collection envs (2)")
     p.add_argument("--action-repeat", type=int, help="env frames per decision (8)")
     p.add_argument("--max-episode-steps", type=int, help="cap collected episodes, frames (400)")
+    p.add_argument("--max-gas", type=float, help="car-racing: gas at full throttle (0.2)")
     p.add_argument("--horizon", type=int, help="imagination horizon (3)")
     p.add_argument("--gamma", type=float, help="imagination discount (0.9)")
     p.add_argument("--beta", type=float, help="KL weight to the prior (0.1)")

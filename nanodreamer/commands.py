@@ -26,6 +26,10 @@ def cmd_collect(args: argparse.Namespace) -> None:
         options["resolution"] = args.resolution
     if args.max_episode_steps is not None:
         options["max_episode_steps"] = args.max_episode_steps
+    if args.max_gas is not None:
+        if args.env != "car-racing":
+            raise UserError("--max-gas is for --env car-racing only")
+        options["max_gas"] = args.max_gas
     if args.num_cars is not None:
         if args.env != "multi-car-racing":
             raise UserError("--num-cars is for --env multi-car-racing only")
@@ -386,6 +390,9 @@ def cmd_rounds(args: argparse.Namespace) -> None:
 
     recipe, a = RoundsConfig(), args
     options = {"action_repeat": a.action_repeat, "max_episode_steps": a.max_episode_steps}
+    options["max_gas"] = a.max_gas
+    if a.max_gas is not None and (a.env or recipe.env) != "car-racing":
+        raise UserError("--max-gas is for --env car-racing only")
     settings = {"horizon": a.horizon, "gamma": a.gamma, "beta": a.beta}
     settings |= {"steps": a.sampling_steps, "value_warmup": a.value_warmup}
     settings |= {"prior": a.prior}
@@ -393,7 +400,7 @@ def cmd_rounds(args: argparse.Namespace) -> None:
     fields += ("first_minutes", "action_bins", "window", "value_gamma", "eval_episodes", "workers")
     config = replace(
         recipe,
-        env_options=recipe.env_options | given(options),
+        env_options=recipe.options_for(a.env or recipe.env) | given(options),
         dynamics=recipe.dynamics | given({"rollout_frac": a.rollout_frac}),
         imagination=recipe.imagination | given(settings),
         **given({name: getattr(a, name) for name in fields}),

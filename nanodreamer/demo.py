@@ -31,7 +31,7 @@ def run_demo(
     config = replace(
         recipe,
         env=env,
-        env_options=recipe.env_options | (env_options or {}),
+        env_options=recipe.options_for(env) | (env_options or {}),
         rounds=rounds,
         first_episodes=episodes,
         minutes=minutes,

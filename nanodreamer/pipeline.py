@@ -64,8 +64,8 @@ class RoundsConfig:
     then a short imagination horizon from the data's action frequencies as the prior."""
 
     env: str = "car-racing"
-    env_options: dict = field(  # collection: action repeat, episode cap in frames
-        default_factory=lambda: {"action_repeat": 8, "max_episode_steps": 400}
+    env_options: dict = field(  # collection: action repeat, episode cap in frames, gas cap
+        default_factory=lambda: {"action_repeat": 8, "max_episode_steps": 400, "max_gas": 0.2}
     )
     rounds: int = 2
     first_episodes: int = 100  # random episodes before round 0
@@ -85,6 +85,11 @@ class RoundsConfig:
             horizon=3, gamma=0.9, beta=0.1, prior="data", value_warmup=50, steps=2
         )
     )
+
+    def options_for(self, env: str) -> dict:
+        """The recipe's collection options for `env`: the gas cap is car racing's alone."""
+        drop = () if env == "car-racing" else ("max_gas",)
+        return {k: v for k, v in self.env_options.items() if k not in drop}
 
 
 def run_rounds(out: str | Path, config: RoundsConfig) -> list[dict]:

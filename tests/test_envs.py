@@ -41,6 +41,19 @@ def test_car_racing_action_mapping(action, expected):
     np.testing.assert_allclose(wrapper.action(np.array(action, np.float32)), expected)
 
 
+def test_car_racing_max_gas_scales_gas_only():
+    """The recipe's speed cap: full throttle is `max_gas`; brake and steering keep their range,
+    and the env's spec rebuilds the cap."""
+    capped = CarRacingAction(gym.make("CarRacing-v3"), max_gas=0.2).action
+    np.testing.assert_allclose(capped(np.array([-1.0, 1.0], np.float32)), (-1.0, 0.2, 0.0))
+    np.testing.assert_allclose(capped(np.array([0.5, 0.5], np.float32)), (0.5, 0.1, 0.0))
+    np.testing.assert_allclose(capped(np.array([0.0, -1.0], np.float32)), (0.0, 0.0, 1.0))
+    env = envs.make("car-racing", max_gas=0.2)
+    assert gym.make(env.spec).get_wrapper_attr("max_gas") == 0.2
+    with pytest.raises(UserError, match="max_gas"):
+        envs.make("car-racing", max_gas=0.0)
+
+
 def test_action_repeat_sums_rewards():
     one, two = envs.make("car-racing"), envs.make("car-racing", action_repeat=2)
     one.reset(seed=3)

@@ -6,6 +6,7 @@ import pytest
 
 from nanodreamer.cli import main
 from nanodreamer.data import EpisodeStore
+from nanodreamer.pipeline import RoundsConfig
 from nanodreamer.train.checkpoint import read_run
 
 
@@ -20,6 +21,7 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     printed = capsys.readouterr().out
     assert "round 0: imagination" in printed and "round 1: imagination" in printed
     store = EpisodeStore(out / "data")
+    assert "max_gas" not in store.manifest["env_options"]  # car racing's gas cap is its own
     policies = [e["policy"] for e in store.episodes]
     first_policy = str((out / "round_0" / "imagination").resolve())
     assert policies == ["random"] * 5 + [first_policy] * 3  # 4 first, then 1 random + 3 policy
@@ -61,3 +63,13 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     assert read_run(out / "round_1" / "imagination")["finished"]
     assert read_run(out / "round_1" / "imagination")["acting"] == acting
     assert (out / "round_1" / "eval.json").exists() and len(EpisodeStore(out / "data")) == 8
+
+
+def test_the_gas_cap_is_car_racings_alone(tmp_path, capsys):
+    recipe = RoundsConfig()
+    assert recipe.options_for("car-racing")["max_gas"] == 0.2
+    assert recipe.options_for("dot") == {"action_repeat": 8, "max_episode_steps": 400}
+    for command in ("rounds", "collect --episodes 1"):
+        with pytest.raises(SystemExit):
+            main(f"{command} --env dot --out {tmp_path / 'x'} --max-gas 0.5".split())
+        assert "--max-gas is for --env car-racing only" in capsys.readouterr().err

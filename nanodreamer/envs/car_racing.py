@@ -8,26 +8,34 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d.car_racing import CarRacing
 
+from nanodreamer.errors import UserError
+
 
 class CarRacingAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
     """Map (steer, throttle) in [-1, 1]^2 to CarRacing's (steer, gas, brake).
 
-    throttle > 0 is gas in [0, 1]; throttle < 0 is brake in [0, 1]; the two never act at once.
+    throttle > 0 is gas in [0, max_gas]; throttle < 0 is brake in [0, 1]; the two never act at
+    once. `max_gas` below 1 caps the car's speed: 0.2 is the gas of CarRacing's own discrete
+    actions, a car that can take the bends (the car-racing recipe's).
     """
 
-    def __init__(self, env: gym.Env):
-        gym.utils.RecordConstructorArgs.__init__(self)
+    def __init__(self, env: gym.Env, max_gas: float = 1.0):
+        if not 0.0 < max_gas <= 1.0:
+            raise UserError(f"max_gas must be in (0, 1], got {max_gas}: pick a gas cap like 0.2")
+        gym.utils.RecordConstructorArgs.__init__(self, max_gas=max_gas)
         gym.ActionWrapper.__init__(self, env)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.max_gas = max_gas
 
     def action(self, action) -> np.ndarray:
         steer, throttle = np.clip(np.asarray(action, np.float32).reshape(2), -1.0, 1.0)
-        return np.array([steer, max(throttle, 0.0), max(-throttle, 0.0)], np.float32)
+        gas, brake = self.max_gas * max(throttle, 0.0), max(-throttle, 0.0)
+        return np.array([steer, gas, brake], np.float32)
 
 
-def make_car_racing(**gym_kwargs) -> gym.Env:
+def make_car_racing(max_gas: float = 1.0, **gym_kwargs) -> gym.Env:
     env = gym.make("CarRacing-v3", render_mode="rgb_array", continuous=True, **gym_kwargs)
-    return CarRacingAction(env)
+    return CarRacingAction(env, max_gas)
 
 
 # Drawing a frame is about 99% of a CarRacing step's time and changes neither the physics nor
