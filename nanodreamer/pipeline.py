@@ -59,9 +59,10 @@ PLOTS = {
 
 @dataclass
 class RoundsConfig:
-    """Defaults: the car-racing recipe (bench/RESULTS.md, "An agent that drives"): action repeat
-    8, a world model that sees 8 decisions, a value fitted to the data's returns in phase 2,
-    then a short imagination horizon from the data's action frequencies as the prior."""
+    """Defaults: the car-racing recipe (bench/RESULTS.md, "An agent that drives" and "Speed is
+    what loses the road"): action repeat 8, full throttle capped at gas 0.2, a world model that
+    sees 8 decisions, a value fitted to the data's returns in phase 2, then a short imagination
+    horizon from the data's action frequencies as the prior."""
 
     env: str = "car-racing"
     env_options: dict = field(  # collection: action repeat, episode cap in frames, gas cap
