@@ -389,10 +389,11 @@ def cmd_rounds(args: argparse.Namespace) -> None:
         return {k: v for k, v in values.items() if v is not None}
 
     recipe, a = RoundsConfig(), args
+    env = a.env or recipe.env
+    if a.max_gas is not None and env != "car-racing":
+        raise UserError("--max-gas is for --env car-racing only")
     options = {"action_repeat": a.action_repeat, "max_episode_steps": a.max_episode_steps}
     options["max_gas"] = a.max_gas
-    if a.max_gas is not None and (a.env or recipe.env) != "car-racing":
-        raise UserError("--max-gas is for --env car-racing only")
     settings = {"horizon": a.horizon, "gamma": a.gamma, "beta": a.beta}
     settings |= {"steps": a.sampling_steps, "value_warmup": a.value_warmup}
     settings |= {"prior": a.prior}
@@ -400,7 +401,7 @@ def cmd_rounds(args: argparse.Namespace) -> None:
     fields += ("first_minutes", "action_bins", "window", "value_gamma", "eval_episodes", "workers")
     config = replace(
         recipe,
-        env_options=recipe.options_for(a.env or recipe.env) | given(options),
+        env_options=recipe.options_for(env) | given(options),
         dynamics=recipe.dynamics | given({"rollout_frac": a.rollout_frac}),
         imagination=recipe.imagination | given(settings),
         **given({name: getattr(a, name) for name in fields}),

@@ -89,8 +89,7 @@ class RoundsConfig:
 
     def options_for(self, env: str) -> dict:
         """The recipe's collection options for `env`: the gas cap is car racing's alone."""
-        drop = () if env == "car-racing" else ("max_gas",)
-        return {k: v for k, v in self.env_options.items() if k not in drop}
+        return {k: v for k, v in self.env_options.items() if env == "car-racing" or k != "max_gas"}
 
 
 def run_rounds(out: str | Path, config: RoundsConfig) -> list[dict]:
