@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import asdict
 
 from nanodreamer.commands import (
     cmd_collect,
@@ -28,6 +29,7 @@ from nanodreamer.commands import (
     train_config,
 )
 from nanodreamer.errors import UserError
+from nanodreamer.pipeline import RoundsConfig
 
 PRIORS = ("bc", "uniform", "data")  # imagination's policy start and KL prior (ImaginationPhase)
 
@@ -40,6 +42,46 @@ def add_run_or_pretrained(p: argparse.ArgumentParser, what: str) -> None:
     group.add_argument(
         "--pretrained", metavar="NAME", help="a folder shipped in nanodreamer/pretrained/ (pack)"
     )
+
+
+ROUNDS_FLAGS = (  # `rounds` flag, its place in RoundsConfig ("field" or "field.key"), help
+    ("--env", "env", "environment"),
+    ("--rounds", "rounds", "rounds, round 0 included"),
+    ("--first-episodes", "first_episodes", "random ones, before round 0"),
+    ("--episodes-per-round", "episodes_per_round", "added before each later round"),
+    ("--random-share", "random_share", "of those, random-policy ones"),
+    ("--minutes", "minutes", "training budget per later round"),
+    ("--first-minutes", "first_minutes", "round 0's training budget"),
+    ("--eval-episodes", "eval_episodes", "full-length, fresh seeds"),
+    ("--workers", "workers", "parallel collection envs"),
+    ("--action-repeat", "env_options.action_repeat", "env frames per decision"),
+    ("--max-episode-steps", "env_options.max_episode_steps", "cap collected episodes, frames"),
+    ("--max-gas", "env_options.max_gas", "car-racing: gas at full throttle"),
+    ("--horizon", "imagination.horizon", "imagination horizon"),
+    ("--gamma", "imagination.gamma", "imagination discount"),
+    ("--beta", "imagination.beta", "KL weight to the prior"),
+    ("--sampling-steps", "imagination.steps", "per imagined frame"),
+    ("--value-warmup", "imagination.value_warmup", "value-only imagination updates"),
+    ("--prior", "imagination.prior", "imagination policy's start and prior"),
+    ("--action-bins", "action_bins", "per continuous action dimension"),
+    ("--window", "window", "world model's context in decisions"),
+    ("--value-gamma", "value_gamma", "phase 2 also fits the value to returns"),
+    ("--rollout-frac", "dynamics.rollout_frac", "dynamics windows fed their rollout"),
+)
+
+
+def add_rounds_flags(p: argparse.ArgumentParser) -> None:
+    """`ROUNDS_FLAGS`, each stored under its place (cmd_rounds reads them back) and showing the
+    recipe's value as its default."""
+    recipe = asdict(RoundsConfig())
+    for flag, place, what in ROUNDS_FLAGS:
+        field, _, key = place.partition(".")
+        default = recipe[field][key] if key else recipe[field]
+        choices, metavar = (PRIORS, None) if flag == "--prior" else (None, (key or field).upper())
+        text = f"{what} ({default})"
+        p.add_argument(
+            flag, dest=place, type=type(default), choices=choices, metavar=metavar, help=text
+        )
 
 
 def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
@@ -357,28 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         "recipe)",
     )
     p.add_argument("--out", required=True, help="folder (rerun the same command to resume)")
-    p.add_argument("--env", help="default car-racing")
-    p.add_argument("--rounds", type=int, help="default 2")
-    p.add_argument("--first-episodes", type=int, help="random, before round 1 (default 100)")
-    p.add_argument("--episodes-per-round", type=int, help="added before each later round (50)")
-    p.add_argument("--random-share", type=float, help="of those, random-policy ones (0.2)")
-    p.add_argument("--minutes", type=float, help="training budget per later round (40)")
-    p.add_argument("--first-minutes", type=float, help="round 0's budget (75)")
-    p.add_argument("--eval-episodes", type=int, help="full-length, fresh seeds (10)")
-    p.add_argument("--workers", type=int, help="parallel collection envs (2)")
-    p.add_argument("--action-repeat", type=int, help="env frames per decision (8)")
-    p.add_argument("--max-episode-steps", type=int, help="cap collected episodes, frames (400)")
-    p.add_argument("--max-gas", type=float, help="car-racing: gas at full throttle (0.2)")
-    p.add_argument("--horizon", type=int, help="imagination horizon (3)")
-    p.add_argument("--gamma", type=float, help="imagination discount (0.9)")
-    p.add_argument("--beta", type=float, help="KL weight to the prior (0.1)")
-    p.add_argument("--sampling-steps", type=int, help="per imagined frame (2)")
-    p.add_argument("--value-warmup", type=int, help="value-only imagination updates (50)")
-    p.add_argument("--prior", choices=PRIORS, help="imagination policy's start, prior (data)")
-    p.add_argument("--action-bins", type=int, help="per continuous action dimension (8)")
-    p.add_argument("--window", type=int, help="world model's context in decisions (8)")
-    p.add_argument("--value-gamma", type=float, help="phase 2 fits the value to returns (0.9)")
-    p.add_argument("--rollout-frac", type=float, help="dynamics windows fed their rollout (1)")
+    add_rounds_flags(p)
     p.set_defaults(func=cmd_rounds)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -385,27 +385,19 @@ def format_agent_results(r: dict, env: str) -> str:
 def cmd_rounds(args: argparse.Namespace) -> None:
     from nanodreamer.pipeline import RoundsConfig, run_rounds
 
-    def given(values: dict) -> dict:  # the flags set on the command line
-        return {k: v for k, v in values.items() if v is not None}
-
-    recipe, a = RoundsConfig(), args
-    env = a.env or recipe.env
-    if a.max_gas is not None and env != "car-racing":
+    recipe = RoundsConfig()
+    given = {k: v for k, v in vars(args).items() if v is not None}  # cli.ROUNDS_FLAGS: places
+    top = {k: v for k, v in given.items() if k in {f.name for f in fields(recipe)}}
+    env = top.get("env", recipe.env)
+    if "env_options.max_gas" in given and env != "car-racing":
         raise UserError("--max-gas is for --env car-racing only")
-    options = {"action_repeat": a.action_repeat, "max_episode_steps": a.max_episode_steps}
-    options["max_gas"] = a.max_gas
-    settings = {"horizon": a.horizon, "gamma": a.gamma, "beta": a.beta}
-    settings |= {"steps": a.sampling_steps, "value_warmup": a.value_warmup}
-    settings |= {"prior": a.prior}
-    fields = ("env", "rounds", "first_episodes", "episodes_per_round", "random_share", "minutes")
-    fields += ("first_minutes", "action_bins", "window", "value_gamma", "eval_episodes", "workers")
-    config = replace(
-        recipe,
-        env_options=recipe.options_for(env) | given(options),
-        dynamics=recipe.dynamics | given({"rollout_frac": a.rollout_frac}),
-        imagination=recipe.imagination | given(settings),
-        **given({name: getattr(a, name) for name in fields}),
-    )
+    nested = {"env_options": recipe.options_for(env), "imagination": recipe.imagination}
+    nested["dynamics"] = recipe.dynamics
+    for place, value in given.items():
+        field, _, key = place.partition(".")
+        if key:
+            nested[field] = nested[field] | {key: value}
+    config = replace(recipe, **top, **nested)
 
     def interval(e: dict, who: str) -> str:  # one episode has no interval (null in JSON)
         ci = e[f"{who}return_ci95"]
