@@ -50,6 +50,7 @@ def run_demo(
 
 def summary(results: dict, out: Path, minutes: float, preset: str) -> str:
     d, t, w = results["data"], results["tokenizer"], results["dynamics"]
+    ret = d["episode_return"]
     images = f"{d['frames']} frames of the dataset"
     if (out / "frames").exists():
         images = f"{EpisodeStore(out / 'frames').frames} frames: every one collection stepped"
@@ -70,8 +71,8 @@ def summary(results: dict, out: Path, minutes: float, preset: str) -> str:
 holds every number, `learning_curve.png` the real-env return per round.
 
 ## Data
-{d["episodes"]} episodes, {d["frames"]} frames, {d["labelled_episodes"]} with actions (return
-{d["episode_return"]["mean"]:.1f} ± {d["episode_return"]["std"]:.1f}).
+{d["episodes"]} episodes, {d["frames"]} stored frames (one per decision), {d["labelled_episodes"]}
+with actions (return per episode {ret["mean"]:.1f} ± {ret["std"]:.1f}).
 
 ## Tokenizer
 Trained on {images}. Held-out reconstruction: PSNR {t.get("psnr", float("nan")):.2f} dB, SSIM
