@@ -20,8 +20,8 @@ from torch import nn
 
 from nanodreamer.data.latents import encode_dataset
 from nanodreamer.data.sampler import split_episodes
-from nanodreamer.eval.control import counterfactual_dynamics
-from nanodreamer.train.tokenizer import load_tokenizer
+from nanodreamer.eval.dynamics import counterfactual_dynamics
+from nanodreamer.runs import load_tokenizer
 
 
 class Regressor(nn.Module):

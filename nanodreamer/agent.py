@@ -5,7 +5,8 @@ Phase 2 trains a policy (a categorical over bins per action dimension), a reward
 per distance predicts action[t+k] (k = 1..L), reward[t+k] and continuation[t+k] (k = 0..L).
 h_t has read action[t] and obs[t], so distance 0, the one imagination uses, gives the reward
 and continuation of the transition *into* frame t, which depend on the action taken. Phase 3
-trains the policy and a value head on imagined rollouts with PMPO.
+trains the policy and a value head on imagined rollouts with PMPO. `AgentModel` is the dynamics
+transformer with agent tokens and these heads; `rollout_from` lets its policy act inside it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanodreamer.dynamics import Dynamics, DynamicsConfig, context_inputs, denoise, latent_batch
+from nanodreamer.nn.attention import KVCache
 from nanodreamer.nn.distributions import TwoHot
 
 
@@ -62,6 +65,79 @@ class AgentHeads(nn.Module):
         """h (..., D) -> logits (..., L, A, bins) of action[t+1..t+L]."""
         c = self.config
         return self.policy(h, distances).unflatten(-1, (c.action_dim, c.action_bins))
+
+
+class AgentModel(nn.Module):
+    """The dynamics transformer with agent tokens, and the agent's heads."""
+
+    def __init__(self, dynamics: DynamicsConfig, agent: AgentConfig):
+        super().__init__()
+        self.dynamics = Dynamics(dynamics)
+        self.heads = AgentHeads(agent)
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """Transformer outputs (B,T,S,D) -> agent features h_t (B,T,D)."""
+        return h[:, :, self.dynamics.layout.slice("agents")].mean(2)
+
+    def context_features(self, inputs: dict[str, torch.Tensor], noise=None) -> torch.Tensor:
+        """Agent features (B,T,D) of dataset windows fed in as context (`latent_batch`),
+        noised to the context signal level with `noise` (drawn when None)."""
+        z = inputs["z1"]
+        noise = torch.randn_like(z) if noise is None else noise
+        context = context_inputs(self.dynamics, z, inputs["action"], inputs["has_action"], noise)
+        _, h = self.dynamics(**context)
+        return self.features(h)
+
+    @torch.no_grad()
+    def observe(self, z, action, has_action, cache: KVCache | None, task=None, noise=None):
+        """Feed frames z (B,T,N,Dl) as context (at the context signal level, with `noise` or
+        fresh noise) and return their agent features (B,T,D)."""
+        noise = torch.randn_like(z) if noise is None else noise
+        inputs = context_inputs(self.dynamics, z, action, has_action, noise)
+        _, h = self.dynamics(**inputs, task=task, cache=cache)
+        return self.features(h)
+
+
+@torch.no_grad()
+def rollout_from(model: AgentModel, state, cache: KVCache, horizon: int, actions=None, steps=4):
+    """Continue `horizon` steps from agent features `state` (B,D) after the context in `cache`,
+    taking the policy's sampled actions, or `actions` (B,H,A) when given. Returns agent
+    features (B,H+1,D), actions (B,H,A) and imagined latents (B,H,N,Dl)."""
+    c = model.dynamics.config
+    yes = torch.ones(state.shape[0], 1, dtype=torch.bool, device=state.device)
+    states, taken, latents = [state], [], []
+    for t in range(horizon):
+        if actions is None:
+            action = sample_action(model.heads.policy_logits(state, 1)[:, 0])
+        else:
+            action = actions[:, t].to(state.device).float()
+        noise = torch.randn(state.shape[0], c.n_latents, c.latent_dim, device=state.device)
+        z = denoise(model.dynamics, noise, action, yes[:, 0], steps, cache)
+        state = model.observe(z[:, None], action[:, None], yes, cache)[:, -1]
+        states.append(state)
+        taken.append(action)
+        latents.append(z)
+    return {
+        "states": torch.stack(states, 1),
+        "actions": torch.stack(taken, 1),
+        "latents": torch.stack(latents, 1),
+    }
+
+
+@torch.no_grad()
+def imagine_rollouts(model: AgentModel, batch: dict, horizon: int, steps: int = 4) -> dict:
+    """Start from dataset context windows and let the policy act for `horizon` steps inside the
+    frozen world model (`rollout_from`)."""
+    inputs = latent_batch(batch)
+    cache = model.dynamics.new_cache()
+    state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)[:, -1]
+    return rollout_from(model, state, cache, horizon, steps=steps)
+
+
+def transition_rewards(heads: AgentHeads, states: torch.Tensor) -> torch.Tensor:
+    """Rewards r_1..r_H (B,H) of the imagined transitions, from states h_0..h_H (B,H+1,D):
+    the distance-0 reward head on h_{t+1}, the state that has read the action taken."""
+    return heads.twohot.decode(heads.reward(states[:, 1:], 1)[:, :, 0])
 
 
 # actions <-> bins ---------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from nanodreamer.data import EpisodeStore
 from nanodreamer.io import write_json
-from nanodreamer.pipeline import RoundsConfig, round_dir, run_rounds
+from nanodreamer.pipeline import round_dir, run_rounds
+from nanodreamer.recipes import recipe
 
 
 def run_demo(
@@ -24,14 +25,14 @@ def run_demo(
     workers: int = 2,
     rounds: int = 1,
 ) -> dict:
-    """The car-racing recipe's rounds (`RoundsConfig`'s defaults) with `minutes` of training per
-    round and the recipe's collection options updated by `env_options`; returns the last
-    round's figures with round 0's tokenizer ones."""
-    out, recipe = Path(out), RoundsConfig()
+    """The car-racing recipe's rounds (`recipes.RECIPES`) with `minutes` of training per
+    round and the recipe's collection settings updated by `env_options` (`EnvSettings`
+    fields); returns the last round's figures with round 0's tokenizer ones."""
+    out, car = Path(out), recipe("car-racing")
     config = replace(
-        recipe,
+        car,
         env=env,
-        env_options=recipe.options_for(env) | (env_options or {}),
+        collect=replace(car.collect, **(env_options or {})),
         rounds=rounds,
         first_episodes=episodes,
         minutes=minutes,

@@ -44,23 +44,12 @@ class DynamicsConfig:
     independent_frac: float = 0.3  # sequences trained as independent images
     bootstrap_frac: float = 0.25  # sequences that get bootstrap (d > d_min) targets
     context_signal: float = 0.9  # signal level of fed-back context frames
-    # Share of frames drawn at the context signal level instead of a uniform one. With every
-    # frame's level uniform, a frame's predecessor is rarely as clean as the context it reads
-    # at inference, so how an action moves a clear view is learned from few frames.
-    context_frac: float = 0.0
     # Share of windows whose second half is fed the model's own rollout (generated with
     # `rollout_steps` shortcut steps, no gradient) instead of the recorded latents, with the
     # recorded latents still the targets: as in imagination, later frames read generated
     # ones, and the model learns to carry the actions' effect through its own errors.
     rollout_frac: float = 0.0
     rollout_steps: int = 2
-    # Predict each frame as the previous frame's clean latents plus a change (zero base at an
-    # episode's or window's first frame): an untrained model starts as "copy the last frame",
-    # and training spends itself on what moves, which is where the actions act.
-    residual: bool = False
-    # Also add the action's embedding to each of its frame's latent tokens, so that the action
-    # reaches them in the first layer rather than through attention that has to learn to read it.
-    action_in_latents: bool = False
 
     @property
     def tokens(self) -> int:
@@ -114,9 +103,6 @@ class Dynamics(nn.Module):
             self.layout, c.dim, c.depth, c.heads, c.kv_heads, c.time_every, c.window, c.mlp_ratio
         )
         self.latent_out = nn.Linear(c.dim, c.group * c.latent_dim)
-        if c.residual:  # an untrained model copies the previous frame exactly
-            nn.init.zeros_(self.latent_out.weight)
-            nn.init.zeros_(self.latent_out.bias)
 
     # embeddings -------------------------------------------------------------------------------
     def embed_actions(self, action: torch.Tensor, has_action: torch.Tensor) -> torch.Tensor:
@@ -140,11 +126,9 @@ class Dynamics(nn.Module):
         c = self.config
         b, t = z.shape[:2]
         grouped = rearrange(z, "b t (n g) c -> b t n (g c)", g=c.group)
-        actions = self.embed_actions(action, has_action)  # (B,T,1,D)
-        latents = self.latent_in(grouped) + self.latent_pos
         parts = [
-            latents + actions if c.action_in_latents else latents,
-            actions,
+            self.latent_in(grouped) + self.latent_pos,
+            self.embed_actions(action, has_action),  # (B,T,1,D)
             self.embed_shortcut(tau, step_index),
             self.registers.expand(b, t, -1, -1),
         ]
@@ -172,15 +156,13 @@ class Dynamics(nn.Module):
         independent: torch.Tensor | None = None,  # (B,) bool: frames as separate images
         cache: KVCache | None = None,
         update_cache: bool = True,
-        base: torch.Tensor | None = None,  # (B,T,N,Dl) residual bases (`frame_bases`)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (predicted clean latents (B,T,N,Dl), transformer outputs (B,T,S,D))."""
         c = self.config
         x = self.tokens(z, tau, step_index, action, has_action, task)
         h = self.transformer(x, cache=cache, update_cache=update_cache, independent=independent)
         out = self.latent_out(h[:, :, self.layout.slice("latents")])
-        z1 = rearrange(out, "b t n (g c) -> b t (n g) c", g=c.group)
-        return (z1 if base is None else z1 + base.to(z1.dtype)), h
+        return rearrange(out, "b t n (g c) -> b t (n g) c", g=c.group), h
 
     def new_cache(self) -> KVCache:
         return KVCache()
@@ -193,41 +175,23 @@ class Dynamics(nn.Module):
             raise UserError("actions must lie in [-1, 1]: normalise them per dimension")
 
 
-def frame_bases(config: DynamicsConfig, z1, is_first=None, independent=None):
-    """Residual bases (B,T,N,Dl) of clean latents z1 (B,T,N,Dl): each frame's previous frame,
-    zero for the window's first frame, an episode's first (`is_first` (B,T)) and sequences
-    trained as `independent` images (B,); None for a model without `residual`."""
-    if not config.residual:
-        return None
-    base = torch.cat([torch.zeros_like(z1[:, :1]), z1[:, :-1]], 1)
-    keep = torch.ones(z1.shape[:2], dtype=torch.bool, device=z1.device)
-    if is_first is not None:
-        keep &= ~is_first
-    if independent is not None:
-        keep &= ~independent[:, None]
-    return base * keep[..., None, None]
-
-
 # shortcut forcing ---------------------------------------------------------------------------------
 def draw_noise(config: DynamicsConfig, z1: torch.Tensor) -> dict[str, torch.Tensor]:
     """The random choices of one shortcut-forcing step for clean latents z1 (B,T,N,Dl).
 
     bootstrap (B,): sequences whose frames draw k uniformly from {0..log2 K_max} (d = 2^-k);
     the others use d_min = 1/K_max only (flow loss, no teacher passes). tau (B,T) is uniform on
-    the grid {0, d, ..., 1 - d}, except a `context_frac` share of frames at the context signal
-    level with d_min. independent (B,): sequences trained as separate images."""
+    the grid {0, d, ..., 1 - d}. independent (B,): sequences trained as separate images."""
     b, t = z1.shape[:2]
     device = z1.device
     k_max = int(math.log2(config.max_steps))
     bootstrap = torch.rand(b, device=device) < config.bootstrap_frac
-    context = torch.rand(b, t, device=device) < config.context_frac  # (B,T)
     k = torch.randint(0, k_max + 1, (b, t), device=device)
-    k = torch.where(bootstrap[:, None] & ~context, k, torch.full_like(k, k_max))
+    k = torch.where(bootstrap[:, None], k, torch.full_like(k, k_max))
     d = 2.0 ** -k.float()
-    tau = torch.floor(torch.rand(b, t, device=device) / d) * d
     return {
         "step_index": k,
-        "tau": torch.where(context, config.context_signal, tau),
+        "tau": torch.floor(torch.rand(b, t, device=device) / d) * d,
         "z0": torch.randn_like(z1),
         "bootstrap": bootstrap,
         "independent": torch.rand(b, device=device) < config.independent_frac,
@@ -242,7 +206,6 @@ def shortcut_forcing_loss(
     valid: torch.Tensor,  # (B,T) bool, real (not padded) frames
     task: torch.Tensor | None = None,
     noise: dict[str, torch.Tensor] | None = None,  # from draw_noise (drawn when None)
-    is_first: torch.Tensor | None = None,  # (B,T) bool, episode starts (residual models)
     rollout: bool = False,  # feed `rollout_frac` of the windows their own rollout
 ) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """Shortcut forcing with x-prediction (SPEC). Returns (loss, metrics, transformer outputs).
@@ -266,7 +229,6 @@ def shortcut_forcing_loss(
             n = n | {"step_index": torch.where(rows[:, None], k_max, n["step_index"])}
     k, tau, independent = n["step_index"], n["tau"], n["independent"]
     zt = (1 - tau[..., None, None]) * n["z0"] + tau[..., None, None] * inputs
-    base = frame_bases(c, inputs, is_first, independent)
     flow = k == k_max  # (B,T)
     bootstrap = (~flow).any()
     if bootstrap:  # the teachers run first, while no activations are held for the backward
@@ -275,9 +237,8 @@ def shortcut_forcing_loss(
             model,
             *(x[rows] for x in (zt, tau, k, action, has_action, independent, ~flow)),
             task=None if task is None else task[rows],
-            base=None if base is None else base[rows],
         )
-    pred, h = model(zt, tau, k, action, has_action, task=task, independent=independent, base=base)
+    pred, h = model(zt, tau, k, action, has_action, task=task, independent=independent)
     err = (pred.float() - z1.float()).pow(2).mean((2, 3))  # flow error per frame
     if bootstrap:
         velocity = (pred[rows].float() - zt[rows].float()) / (1 - tau[rows])[..., None, None]
@@ -294,13 +255,11 @@ def shortcut_forcing_loss(
 
 
 @torch.no_grad()
-def _bootstrap_velocity(
-    model, zt, tau, k, action, has_action, independent, boot, task=None, base=None
-):
+def _bootstrap_velocity(model, zt, tau, k, action, has_action, independent, boot, task=None):
     """sg(b' + b'') / 2 for the frames in `boot` (B,T); other frames keep their inputs."""
     d = 2.0 ** -k.float()
     half_k = torch.where(boot, k + 1, k)
-    options = {"task": task, "independent": independent, "base": base}
+    options = {"task": task, "independent": independent}
     p1, _ = model(zt, tau, half_k, action, has_action, **options)
     b1 = (p1.float() - zt) / (1 - tau)[..., None, None]
     z_mid = torch.where(boot[..., None, None], zt + b1 * (d / 2)[..., None, None], zt)
@@ -332,32 +291,26 @@ def frame_inputs(z, tau, step_index, action, has_action) -> dict[str, torch.Tens
     }
 
 
-def predict_new_frame(model: Dynamics, frame: dict, context, task=None, last=None):
+def predict_new_frame(model: Dynamics, frame: dict, context, task=None):
     """Clean-latent prediction (B,N,Dl) for the new frame after `context`: a KVCache of past
-    frames (or None), or, to run without a cache, a dict of past frames' inputs (B,T,...).
-    `last` (B,N,Dl): the previous frame's clean latents, the base of a residual model (None
-    at an episode's first frame)."""
-    base = last[:, None] if model.config.residual and last is not None else None
+    frames (or None), or, to run without a cache, a dict of past frames' inputs (B,T,...)."""
     if isinstance(context, dict):
         inputs = {key: torch.cat([context[key], frame[key]], 1) for key in frame}
-        if base is not None:  # only the new frame's prediction is read
-            base = torch.cat([torch.zeros_like(context["z"]), base], 1)
-        pred, _ = model(**inputs, task=task, base=base)
+        pred, _ = model(**inputs, task=task)
     else:
-        pred, _ = model(**frame, task=task, cache=context, update_cache=False, base=base)
+        pred, _ = model(**frame, task=task, cache=context, update_cache=False)
     return pred[:, -1]
 
 
 @torch.no_grad()
-def denoise(model: Dynamics, noise, action, has_action, steps: int, context, task=None, last=None):
+def denoise(model: Dynamics, noise, action, has_action, steps: int, context, task=None):
     """Generate one frame's latents (B,N,Dl) from noise (B,N,Dl) in `steps` shortcut steps of
-    d = 1/steps on the grid tau = 0, d, ..., 1 - d: z <- z + d (z1_hat - z) / (1 - tau).
-    `last`: the previous frame's clean latents (`predict_new_frame`)."""
+    d = 1/steps on the grid tau = 0, d, ..., 1 - d: z <- z + d (z1_hat - z) / (1 - tau)."""
     check_steps(model, steps)
     k, d, z = int(math.log2(steps)), 1.0 / steps, noise
     for i in range(steps):
         frame = frame_inputs(z, i * d, k, action, has_action)
-        pred = predict_new_frame(model, frame, context, task, last).float()
+        pred = predict_new_frame(model, frame, context, task).float()
         z = z + d * (pred - z) / (1 - i * d)
     return z
 
@@ -375,15 +328,8 @@ def own_rollout(model: Dynamics, z1, action, has_action) -> torch.Tensor:
     feed_back(slice(0, start))
     for i in range(start, z1.shape[1]):
         noise = torch.randn_like(z1[:, i])
-        out[:, i] = denoise(
-            model,
-            noise,
-            action[:, i],
-            has_action[:, i],
-            model.config.rollout_steps,
-            cache,
-            last=out[:, i - 1],
-        )
+        steps = model.config.rollout_steps
+        out[:, i] = denoise(model, noise, action[:, i], has_action[:, i], steps, cache)
         feed_back(slice(i, i + 1))
     return out
 
@@ -401,4 +347,16 @@ def context_inputs(model: Dynamics, z, action, has_action, noise) -> dict[str, t
         ),
         "action": action,
         "has_action": has_action,
+    }
+
+
+def latent_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Dataset window (`data.WindowDataset` of a latent cache) -> dynamics inputs. Frames
+    without a known action (an episode's first, an action-free episode's) have has_action
+    False and get the no-action embedding."""
+    return {
+        "z1": batch["latents"].float(),
+        "action": batch["action"],
+        "has_action": batch["has_action"],
+        "valid": batch["valid"],
     }

@@ -25,7 +25,7 @@ policy reaches.
 How the imagination policy acts is chosen per round on validation episodes (full length, on
 seeds apart from the evaluation's and every collection's, half the evaluation's count each
 way): greedily (each action dimension's most likely bin) or by sampling its actions,
-whichever returns more. Neither wins everywhere (bench/RESULTS.md, session 19): on a world
+whichever returns more. Neither wins everywhere (bench/log/acting-mode.md): on a world
 model that gives a driver the greedy policy drives better; on one that does not, it repeats
 one bad action (a circle, a brake) that sampling escapes. Choosing on the evaluation's own
 seeds would inflate the figure; the validation episodes' frames are reported
@@ -38,14 +38,27 @@ up to its round's size. So a killed run, rerun, continues where it stopped.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from nanodreamer.data import EpisodeStore, collect, summarize
-from nanodreamer.eval.pictures import plot_metrics
+from nanodreamer.data.latents import encode_dataset
+from nanodreamer.dynamics import DYNAMICS_PRESETS
+from nanodreamer.eval.agent import AgentPolicy, evaluate_agent
+from nanodreamer.eval.control import control_figures
+from nanodreamer.eval.dynamics import evaluate_dynamics
+from nanodreamer.eval.pictures import plot_learning_curve, plot_metrics
 from nanodreamer.io import write_json
+from nanodreamer.recipes import RoundsConfig
+from nanodreamer.runs import CHECKPOINT, RUN_FILE, load_world_model, read_run, write_run
+from nanodreamer.tokenizer import TOKENIZER_PRESETS
 from nanodreamer.train import distributed
-from nanodreamer.train.checkpoint import CHECKPOINT, RUN_FILE, read_run, write_run
+from nanodreamer.train.agent import AgentPhase, agent_train_config
+from nanodreamer.train.dynamics import TRAIN_PRESETS as DYNAMICS_TRAIN
+from nanodreamer.train.dynamics import DynamicsPhase, dynamics_config_for
+from nanodreamer.train.imagination import ImaginationPhase, imagination_train_config
+from nanodreamer.train.tokenizer import TRAIN_PRESETS as TOKENIZER_TRAIN
+from nanodreamer.train.tokenizer import TokenizerPhase, tokenizer_config_for
 from nanodreamer.train.trainer import TrainConfig, Trainer
 
 SHARES = {"tokenizer": 0.3, "dynamics": 0.3, "agent": 0.12, "imagination": 0.13}
@@ -55,41 +68,6 @@ PLOTS = {
     "agent": ("dynamics", "bc", "reward", "val/bc"),
     "imagination": ("return", "advantage_positive", "kl", "value_error"),
 }
-
-
-@dataclass
-class RoundsConfig:
-    """Defaults: the car-racing recipe (bench/RESULTS.md, "An agent that drives" and "Speed is
-    what loses the road"): action repeat 8, full throttle capped at gas 0.2, a world model that
-    sees 8 decisions, a value fitted to the data's returns in phase 2, then a short imagination
-    horizon from the data's action frequencies as the prior."""
-
-    env: str = "car-racing"
-    env_options: dict = field(  # collection: action repeat, episode cap in frames, gas cap
-        default_factory=lambda: {"action_repeat": 8, "max_episode_steps": 400, "max_gas": 0.2}
-    )
-    rounds: int = 2
-    first_episodes: int = 100  # random episodes before round 0
-    episodes_per_round: int = 50  # added before each later round
-    random_share: float = 0.2  # of those, from the random policy
-    minutes: float = 40.0  # training budget per round, split by SHARES (no tokenizer after 0)
-    first_minutes: float | None = 75.0  # round 0's budget (None: minutes)
-    action_bins: int | None = 8  # continuous actions' bins (None: the preset's)
-    eval_episodes: int = 10
-    workers: int = 2
-    preset: str | None = None  # default: tiny on a CPU, small on a GPU
-    window: int | None = 8  # the world model's context in decisions (None: the preset's)
-    dynamics: dict = field(default_factory=lambda: {"rollout_frac": 1.0})  # DynamicsConfig fields
-    value_gamma: float | None = 0.9  # phase 2 also fits the value to the data's returns
-    imagination: dict = field(  # ImaginationPhase settings
-        default_factory=lambda: dict(
-            horizon=3, gamma=0.9, beta=0.1, prior="data", value_warmup=50, steps=2
-        )
-    )
-
-    def options_for(self, env: str) -> dict:
-        """The recipe's collection options for `env`: the gas cap is car racing's alone."""
-        return {k: v for k, v in self.env_options.items() if env == "car-racing" or k != "max_gas"}
 
 
 def run_rounds(out: str | Path, config: RoundsConfig) -> list[dict]:
@@ -116,8 +94,6 @@ def round_dir(out: Path, r: int) -> Path:
 def _collect(data: Path, c: RoundsConfig, r: int) -> None:
     """Top the dataset up to its size at round r: `first_episodes` random ones before round 0;
     before each later round a random share, then the previous round's policy."""
-    from nanodreamer.eval.agent import AgentPolicy
-
     have = len(EpisodeStore(data)) if (data / "manifest.json").exists() else 0
     if r == 0:
         need_random, need_policy = c.first_episodes - have, 0
@@ -125,8 +101,8 @@ def _collect(data: Path, c: RoundsConfig, r: int) -> None:
         added = have - c.first_episodes - (r - 1) * c.episodes_per_round
         randoms = round(c.random_share * c.episodes_per_round)
         need_random, need_policy = randoms - added, c.episodes_per_round - max(added, randoms)
-    options = {"workers": c.workers, "env_options": c.env_options, "seed": r}
-    if r == 0 and c.env_options.get("action_repeat", 1) > 1:
+    options = {"workers": c.workers, "env_options": c.collect.options(c.env), "seed": r}
+    if r == 0 and c.collect.action_repeat > 1:
         options["frames"] = data.parent / "frames"
     if need_random > 0:
         collect(c.env, data, need_random, **options)
@@ -173,10 +149,7 @@ def _budget(cfg: TrainConfig, minutes: float) -> TrainConfig:
 
 
 def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device) -> dict:
-    from nanodreamer.tokenizer import TOKENIZER_PRESETS
-    from nanodreamer.train.tokenizer import TRAIN_PRESETS, TokenizerPhase, tokenizer_config_for
-
-    cfg = _budget(TRAIN_PRESETS[preset], budget["tokenizer"])
+    cfg = _budget(TOKENIZER_TRAIN[preset], budget["tokenizer"])
     config = tokenizer_config_for(data, TOKENIZER_PRESETS[preset], cfg.seq_len)
     return _train(run, lambda: TokenizerPhase(data, config, cfg), cfg, device)
 
@@ -184,23 +157,12 @@ def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device) ->
 def train_dynamics(
     data, out: Path, here: Path, preset, budget, device, before, c: RoundsConfig
 ) -> dict:
-    from nanodreamer.data.latents import encode_dataset
-    from nanodreamer.dynamics import DYNAMICS_PRESETS
-    from nanodreamer.eval.dynamics import evaluate_dynamics
-    from nanodreamer.train.dynamics import (
-        TRAIN_PRESETS,
-        DynamicsPhase,
-        dynamics_config_for,
-        load_world_model,
-    )
-
-    cfg = _budget(TRAIN_PRESETS[preset], budget["dynamics"])
-    if c.window:  # every 8th step trains on windows twice the context, as the preset does
-        cfg = replace(cfg, seq_len=c.window, long_seq_len=2 * c.window)
+    cfg = _budget(DYNAMICS_TRAIN[preset], budget["dynamics"])
+    if c.dynamics.window:  # every 8th step trains on windows twice the context, as presets do
+        cfg = replace(cfg, seq_len=c.dynamics.window, long_seq_len=2 * c.dynamics.window)
     tokenizer = out / "tokenizer"
     latents = encode_dataset(data, tokenizer, device.device)
-    config = dynamics_config_for(latents, DYNAMICS_PRESETS[preset], c.action_bins)
-    config = replace(config, window=cfg.seq_len, **c.dynamics)
+    config = dynamics_config_for(latents, DYNAMICS_PRESETS[preset], c.dynamics, cfg.seq_len)
     init = before / "dynamics" if before else None
     run = here / "dynamics"
     _train(run, lambda: DynamicsPhase(data, tokenizer, config, cfg, init=init), cfg, device)
@@ -220,22 +182,13 @@ def kept(path: Path, compute) -> dict:
 
 
 def train_agent(data: Path, here: Path, budget: dict, device, before, c: RoundsConfig) -> dict:
-    from nanodreamer.train.agent import (
-        AgentPhase,
-        ImaginationPhase,
-        agent_train_config,
-        imagination_train_config,
-    )
-
     cfg = _budget(agent_train_config(here / "dynamics"), budget["agent"])
     init = before / "agent" if before else None
-    phase = lambda: AgentPhase(  # noqa: E731
-        data, here / "dynamics", cfg, init=init, value_gamma=c.value_gamma
-    )
+    phase = lambda: AgentPhase(data, here / "dynamics", cfg, c.agent, init=init)  # noqa: E731
     bc = _train(here / "agent", phase, cfg, device)
     cfg = _budget(imagination_train_config(here / "agent"), budget["imagination"])
     init = before / "imagination" if before else None
-    phase = lambda: ImaginationPhase(here / "agent", cfg, init=init, **c.imagination)  # noqa: E731
+    phase = lambda: ImaginationPhase(here / "agent", cfg, c.imagination, init=init)  # noqa: E731
     return {"bc": bc, "imagination": _train(here / "imagination", phase, cfg, device)}
 
 
@@ -252,9 +205,6 @@ def evaluate_round(here: Path, env: str, episodes: int) -> dict:
 
 
 def _evaluate(here: Path, env: str, episodes: int) -> dict:
-    from nanodreamer.eval.agent import evaluate_agent
-    from nanodreamer.eval.control import control_figures
-
     keys = ("return_mean", "return_std", "return_ci95")
     policy, bc = here / "imagination", here / "agent"
     results = choose_acting(policy, env, max(1, episodes // 2))
@@ -278,8 +228,6 @@ ACTING_SEED = 1  # the validation episodes' seeds; the evaluation draws its own 
 def choose_acting(run: Path, env: str, episodes: int) -> dict:
     """Greedy or sampled: whichever returns more over `episodes` full-length validation
     episodes each (module doc). `acting_frames`: the env frames they stepped."""
-    from nanodreamer.eval.agent import evaluate_agent
-
     returns, frames = {}, 0
     for mode in ("greedy", "sampled"):
         scores = evaluate_agent(run, env, episodes, seed=ACTING_SEED, random=False,
@@ -295,30 +243,3 @@ def record_acting(run: Path, acting: str) -> None:
     info = json.loads((run / RUN_FILE).read_text())  # as written: links stay as they are
     if info.get("acting") != acting:
         write_run(run, info | {"acting": acting})
-
-
-def plot_learning_curve(results: list[dict], out: Path) -> Path:
-    """Real-env return per round (mean and 95% interval): imagination policy, BC, random."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nanodreamer.io import atomic_write
-
-    rounds = [r["round"] for r in results]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    lines = {"": "imagination policy", "bc_best_": "behaviour cloning (best)", "random_": "random"}
-    for prefix, label in lines.items():
-        means = [r["real_env"][f"{prefix}return_mean"] for r in results]
-        errors = [r["real_env"][f"{prefix}return_ci95"] or 0 for r in results]
-        ax.errorbar(rounds, means, yerr=errors, marker="o", capsize=3, label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("return (full episodes)")
-    ax.set_xticks(rounds)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
-    return out

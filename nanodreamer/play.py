@@ -32,7 +32,10 @@ import torch
 from aiohttp import WSMsgType, web
 from PIL import Image
 
+from nanodreamer.data import EpisodeStore
 from nanodreamer.errors import UserError
+from nanodreamer.eval.agent import AgentPolicy
+from nanodreamer.runs import load_world_model, read_agent_run
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
 
@@ -190,15 +193,11 @@ class Session:
 
 
 def build_shared(config: PlayConfig) -> Shared:
-    from nanodreamer.train.dynamics import load_world_model
-
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     world = load_world_model(config.run, device, steps=config.steps)
     tc = world.tokenizer.config
     store = None
     if config.data is not None:
-        from nanodreamer.data import EpisodeStore
-
         store = EpisodeStore(config.data)
         if tuple(store.manifest["obs_shape"]) != (tc.image_size, tc.image_size, tc.channels):
             raise UserError(
@@ -206,8 +205,6 @@ def build_shared(config: PlayConfig) -> Shared:
                 f"{tc.image_size}x{tc.image_size}x{tc.channels}: pass its own dataset"
             )
     if config.agent is not None:
-        from nanodreamer.train.agent import read_agent_run
-
         agent_dim = read_agent_run(config.agent)["model_config"]["action_dim"]
         if agent_dim != world.dynamics.config.action_dim:
             raise UserError(
@@ -299,8 +296,6 @@ async def serve_session(ws: web.WebSocketResponse, session: Session, shared: Sha
     )
     await send_frame(await run_model(session.reset, 0 if episodes else None))  # first picture
     if shared.config.agent is not None:
-        from nanodreamer.eval.agent import AgentPolicy
-
         session.policy = await run_model(AgentPolicy, shared.config.agent, 1, None, shared.device)
     task = None
     async for msg in ws:

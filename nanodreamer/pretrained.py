@@ -21,7 +21,7 @@ from pathlib import Path
 from nanodreamer.data import EpisodeStore
 from nanodreamer.data.sampler import split_episodes
 from nanodreamer.errors import UserError
-from nanodreamer.train.checkpoint import RUN_FILE, WEIGHTS, read_run, write_run
+from nanodreamer.runs import RUN_FILE, copy_weights, fingerprint, read_run, write_run
 
 PRETRAINED = Path(__file__).parent / "pretrained"
 
@@ -38,25 +38,26 @@ def pretrained(name: str) -> Path:
 
 def pack(run: str | Path, out: str | Path, episodes: int = 4) -> Path:
     """Copy imagination run `run`, its tokenizer and `episodes` of its episodes to `out`
-    (replaced as a whole once complete)."""
+    (replaced as a whole once complete). Links back to the training folders are dropped (a
+    packed run needs none of them to act), so nothing in it names the machine it came from."""
     info = read_run(run, "imagination")
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for name, source in (("agent", Path(run)), ("tokenizer", Path(info["tokenizer"]))):
-        (tmp / name).mkdir(parents=True)
-        shutil.copy(source / WEIGHTS, tmp / name / WEIGHTS)
-    # links back to the training folders are dropped: a packed run needs none of them to act
     unused = ("data", "world_model", "agent_run", "init")
     tokenizer = read_run(info["tokenizer"], "tokenizer")
-    origin = {"packed_from": str(Path(info["tokenizer"]).resolve())}
-    write_run(tmp / "tokenizer", {k: v for k, v in tokenizer.items() if k not in unused} | origin)
-    links = {
+    tokenizer = {k: v for k, v in tokenizer.items() if k not in unused}
+    (tmp / "tokenizer").mkdir(parents=True)
+    copy_weights(info["tokenizer"], tmp / "tokenizer", tokenizer)
+    write_run(tmp / "tokenizer", tokenizer)
+    agent = {k: v for k, v in info.items() if k not in unused} | {
         "tokenizer": "../tokenizer",
+        "tokenizer_fingerprint": fingerprint(tmp / "tokenizer"),
         "data": "../data",
-        "packed_from": str(Path(run).resolve()),
     }
-    write_run(tmp / "agent", {k: v for k, v in info.items() if k not in unused} | links)
+    (tmp / "agent").mkdir()
+    copy_weights(run, tmp / "agent", agent)
+    write_run(tmp / "agent", agent)
     _copy_episodes(EpisodeStore(info["data"]), tmp / "data", episodes)
     if out.exists():
         shutil.rmtree(out)

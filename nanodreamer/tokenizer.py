@@ -201,7 +201,7 @@ def load_perceptual(source: str) -> nn.Module:
     two image batches in [-1, 1] and returning one distance per image. Nothing is downloaded."""
     if source == "lpips":
         try:
-            import lpips
+            import lpips  # optional: not a dependency (it pulls in torchvision)
         except ImportError:
             raise UserError(
                 "the `lpips` package is not installed: pip install lpips, or pass an exported "

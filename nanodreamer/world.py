@@ -37,7 +37,6 @@ class WorldModel:
         self.window = dynamics.config.window
         self.device = next(dynamics.parameters()).device
         self.context = None  # KVCache, or dict of past frames' inputs without a cache
-        self.last = None  # (B,N,Dl) the newest frame's clean latents (a residual model's base)
         self.decoder_cache = None
 
     def _noise(self, shape) -> torch.Tensor:
@@ -61,7 +60,6 @@ class WorldModel:
         self.batch = b
         self.decoder_cache = self.tokenizer.new_cache()
         self.context = self.dynamics.new_cache() if self.use_cache else None
-        self.last = None
         if t == 0:
             return
         latents = self.tokenizer.encode(context_frames.to(self.device))
@@ -69,7 +67,6 @@ class WorldModel:
         self._append(latents, context_actions.to(self.device), has_action.to(self.device))
 
     def _append(self, latents, action, has_action) -> None:
-        self.last = latents[:, -1]
         inputs = context_inputs(
             self.dynamics, latents, action, has_action, self._noise(latents.shape)
         )
@@ -90,9 +87,7 @@ class WorldModel:
         action = action.to(self.device).float()
         has_action = torch.ones(action.shape[0], dtype=torch.bool, device=self.device)
         noise = self._noise((action.shape[0], c.n_latents, c.latent_dim))
-        z = denoise(
-            self.dynamics, noise, action, has_action, self.steps, self.context, last=self.last
-        )
+        z = denoise(self.dynamics, noise, action, has_action, self.steps, self.context)
         self._append(z[:, None], action[:, None], has_action[:, None])
         return z
 

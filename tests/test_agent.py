@@ -19,6 +19,7 @@ from nanodreamer.agent import (
 )
 from nanodreamer.errors import UserError
 from nanodreamer.nn.distributions import TwoHot, symexp, symlog
+from nanodreamer.recipes import ImaginationSettings
 
 
 def test_mtp_targets_aligned():
@@ -194,12 +195,14 @@ def agent_runs(tmp_path_factory):
 
 
 def test_phase3_trains_only_policy_and_value(agent_runs, tmp_path):
-    from nanodreamer.train.agent import ImaginationPhase, load_agent
+    from nanodreamer.runs import load_agent
     from nanodreamer.train.distributed import Distributed
+    from nanodreamer.train.imagination import ImaginationPhase
     from nanodreamer.train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, workers=0, tensorboard=False, lr=1e-2)
-    phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3)
+    settings = ImaginationSettings(horizon=3, prior="bc", value_warmup=0)
+    phase = ImaginationPhase(agent_runs / "agent", cfg, settings)
     before = {k: v.clone() for k, v in phase.model.state_dict().items()}
     prior = {k: v.clone() for k, v in phase.objective.prior.state_dict().items()}
     Trainer(tmp_path / "imagination", phase, cfg, Distributed()).fit()
@@ -221,14 +224,15 @@ def test_value_warmup_trains_the_value_alone_and_resumes(agent_runs, tmp_path):
     resumed run does not warm up again."""
     from dataclasses import replace
 
-    from nanodreamer.train.agent import ImaginationPhase
     from nanodreamer.train.distributed import Distributed
+    from nanodreamer.train.imagination import ImaginationPhase
     from nanodreamer.train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, workers=0, tensorboard=False, lr=1e-2)
 
     def train(cfg, resume):
-        phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3, value_warmup=2)
+        settings = ImaginationSettings(horizon=3, value_warmup=2)
+        phase = ImaginationPhase(agent_runs / "agent", cfg, settings)
         before = {k: v.clone() for k, v in phase.model.state_dict().items()}
         Trainer(tmp_path / "imagination", phase, cfg, Distributed()).fit(resume=resume)
         after = phase.model.state_dict()
@@ -241,35 +245,35 @@ def test_value_warmup_trains_the_value_alone_and_resumes(agent_runs, tmp_path):
     assert phase.run_info()["imagination"]["value_warmup"] == 2
 
 
-def test_uniform_and_data_priors_are_the_same_in_every_state(agent_runs):
-    """--prior uniform / data: the policy starts at, and its KL prior is, every action alike
-    (the KL term an entropy bonus) or each action dimension's bin frequencies in the data,
-    whatever its BC weights said, in every state."""
-    from nanodreamer.train.agent import ImaginationPhase, action_prior_logits
+def test_data_prior_is_the_same_in_every_state(agent_runs):
+    """--prior data: the policy starts at, and its KL prior is, each action dimension's bin
+    frequencies in the data, whatever its BC weights said, in every state; --prior bc keeps
+    the BC policy."""
+    from nanodreamer.train.imagination import ImaginationPhase, action_prior_logits
     from nanodreamer.train.trainer import TrainConfig
 
     cfg = TrainConfig(steps=1, batch_size=2, seq_len=8, workers=0, tensorboard=False)
-    for prior in ("uniform", "data"):
-        phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3, prior=prior)
-        heads = phase.model.heads
-        bins = heads.config.action_bins
-        expected = torch.zeros(2, bins).log_softmax(-1)
-        if prior == "data":
-            expected = action_prior_logits(phase.latents, bins)
-        states = torch.randn(5, heads.config.dim)
-        for head in (heads.policy, phase.objective.prior):
-            logits = head(states, 1)[:, 0].unflatten(-1, (2, bins))
-            torch.testing.assert_close(logits.log_softmax(-1), expected.expand(5, 2, bins))
-        assert phase.run_info()["imagination"]["prior"] == prior
+    phase = ImaginationPhase(agent_runs / "agent", cfg, ImaginationSettings(horizon=3))
+    heads = phase.model.heads
+    bins = heads.config.action_bins
+    expected = action_prior_logits(phase.latents, bins)
+    states = torch.randn(5, heads.config.dim)
+    for head in (heads.policy, phase.objective.prior):
+        logits = head(states, 1)[:, 0].unflatten(-1, (2, bins))
+        torch.testing.assert_close(logits.log_softmax(-1), expected.expand(5, 2, bins))
+    assert phase.run_info()["imagination"]["prior"] == "data"
+    bc = ImaginationPhase(agent_runs / "agent", cfg, ImaginationSettings(horizon=3, prior="bc"))
+    logits = bc.model.heads.policy(states, 1)[:, 0].unflatten(-1, (2, bins))
+    assert not torch.allclose(logits.log_softmax(-1), expected.expand(5, 2, bins))
     with pytest.raises(UserError, match="unknown prior 'flat'"):
-        ImaginationPhase(agent_runs / "agent", cfg, prior="flat")
+        ImaginationPhase(agent_runs / "agent", cfg, ImaginationSettings(prior="flat"))
 
 
 def test_data_prior_is_the_data_action_frequencies(tmp_path):
     """Each dimension's bin frequencies over the labelled episodes (not the reset frame's zero
     action), bins the data never took at the floor; action-free episodes do not count."""
     from nanodreamer.data import EpisodeStore
-    from nanodreamer.train.agent import action_prior_logits
+    from nanodreamer.train.imagination import action_prior_logits
 
     episodes = [synthetic_episode(9, i, 8, 2) for i in range(3)]
     for episode in episodes:  # steer: bins 2 and 3 ...
@@ -294,13 +298,14 @@ def test_data_prior_is_the_data_action_frequencies(tmp_path):
 def test_imagination_sampling_steps(agent_runs):
     """Each imagined frame costs K denoising passes and one pass that reads it into the
     context; K must be a power of two the world model was trained for."""
-    from nanodreamer.train.agent import ImaginationPhase, imagine_rollouts
+    from nanodreamer.agent import imagine_rollouts
     from nanodreamer.train.distributed import Distributed
+    from nanodreamer.train.imagination import ImaginationPhase
     from nanodreamer.train.trainer import TrainConfig
 
     cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, workers=0, tensorboard=False)
-    phase = ImaginationPhase(agent_runs / "agent", cfg, horizon=3, steps=2)
-    assert phase.run_info()["imagination"]["steps"] == 2
+    phase = ImaginationPhase(agent_runs / "agent", cfg, ImaginationSettings(sampling_steps=2))
+    assert phase.run_info()["imagination"]["sampling_steps"] == 2
     batch = next(iter(phase.batches(0, Distributed())))
     passes = []
     phase.model.dynamics.register_forward_hook(lambda *_: passes.append(1))
@@ -309,7 +314,7 @@ def test_imagination_sampling_steps(agent_runs):
         rollout = imagine_rollouts(phase.model, batch, 3, steps)
         assert rollout["latents"].shape[1] == 3 and len(passes) == 1 + 3 * (steps + 1)
     with pytest.raises(UserError, match="power of two"):
-        ImaginationPhase(agent_runs / "agent", cfg, steps=3)
+        ImaginationPhase(agent_runs / "agent", cfg, ImaginationSettings(sampling_steps=3))
 
 
 def test_policy_context_reset_between_episodes(agent_runs):
@@ -330,7 +335,8 @@ def test_policy_context_reset_between_episodes(agent_runs):
 
 def test_wrong_phase_and_env_are_refused(agent_runs):
     from nanodreamer.eval.agent import evaluate_agent
-    from nanodreamer.train.agent import AgentPhase, load_agent
+    from nanodreamer.runs import load_agent
+    from nanodreamer.train.agent import AgentPhase
     from nanodreamer.train.trainer import TrainConfig
 
     with pytest.raises(UserError, match="dynamics run, but an agent run"):
@@ -342,8 +348,8 @@ def test_wrong_phase_and_env_are_refused(agent_runs):
 
 
 def test_agent_starts_from_the_world_model(agent_runs):
+    from nanodreamer.runs import load_world_model
     from nanodreamer.train.agent import AgentPhase
-    from nanodreamer.train.dynamics import load_world_model
     from nanodreamer.train.trainer import TrainConfig
 
     phase = AgentPhase(agent_runs / "data", agent_runs / "dyn", TrainConfig(seq_len=8))
@@ -361,9 +367,8 @@ def test_cached_latents_and_agent_features_equal_what_acting_computes(agent_runs
     on (frames with a complete context) equal the features acting computes."""
     from nanodreamer.agent import complete_context
     from nanodreamer.data.latents import encode_dataset
+    from nanodreamer.runs import load_agent, load_tokenizer
     from nanodreamer.tokenizer import frames_from_uint8
-    from nanodreamer.train.agent import load_agent
-    from nanodreamer.train.tokenizer import load_tokenizer
 
     latents = encode_dataset(agent_runs / "data", agent_runs / "tok")
     tokenizer = load_tokenizer(agent_runs / "tok")
@@ -413,10 +418,11 @@ def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
     imagination step gives the two rewards the rule says."""
     from conftest import synthetic_episode
 
+    from nanodreamer.agent import rollout_from, transition_rewards
     from nanodreamer.data import EpisodeStore
     from nanodreamer.data.latents import encode_dataset
-    from nanodreamer.train.agent import load_agent, rollout_from, transition_rewards
-    from nanodreamer.train.dynamics import latent_batch
+    from nanodreamer.dynamics import latent_batch
+    from nanodreamer.runs import load_agent
 
     data = tmp_path / "data"
     with EpisodeStore.create(data, env="synthetic", obs_shape=(16, 16, 3), action_dim=2) as store:
@@ -447,7 +453,7 @@ def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
     state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)[:, -1]
     forced = torch.tensor([[[0.8, 0.0]], [[-0.8, 0.3]]])
     with torch.no_grad():
-        states = rollout_from(model, state, cache, inputs["z1"][:, -1], 1, forced)["states"]
+        states = rollout_from(model, state, cache, 1, forced)["states"]
         reward = transition_rewards(model.heads, states)
     assert reward[0, 0] == pytest.approx(1.6, abs=0.5), reward
     assert reward[1, 0] == pytest.approx(-1.6, abs=0.5), reward
@@ -461,8 +467,8 @@ def test_phase2_value_learns_the_discounted_return_of_the_data(tmp_path):
 
     from nanodreamer.data import EpisodeStore
     from nanodreamer.data.latents import encode_dataset
-    from nanodreamer.train.agent import load_agent
-    from nanodreamer.train.dynamics import latent_batch
+    from nanodreamer.dynamics import latent_batch
+    from nanodreamer.runs import load_agent
 
     data = tmp_path / "data"
     with EpisodeStore.create(data, env="synthetic", obs_shape=(16, 16, 3), action_dim=2) as store:
@@ -487,7 +493,7 @@ def test_phase2_value_learns_the_discounted_return_of_the_data(tmp_path):
 
 
 def test_rollouts_start_only_from_real_non_terminal_windows():
-    from nanodreamer.train.agent import imagination_starts
+    from nanodreamer.train.imagination import imagination_starts
 
     valid = torch.ones(4, 5, dtype=torch.bool)
     valid[1, 3:] = False  # padded: the episode ended inside the window

@@ -124,7 +124,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_sigkill_mid_collection_leaves_loadable_dataset(tmp_path):
-    command = [sys.executable, "-m", "nanodreamer.cli", "collect", "--episodes", "1000"]
+    command = [sys.executable, "-m", "nanodreamer", "collect", "--episodes", "1000"]
     command += ["--out", str(tmp_path), "--max-episode-steps", "15", "--workers", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60

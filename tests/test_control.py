@@ -8,13 +8,9 @@ import torch
 
 from nanodreamer.data import EpisodeStore, collect
 from nanodreamer.envs.dot import DotEnv
-from nanodreamer.eval.control import (
-    alternative_actions,
-    counterfactual_dynamics,
-    pick_contexts,
-    real_branches,
-)
+from nanodreamer.eval.dynamics import counterfactual_dynamics
 from nanodreamer.eval.metrics import correlation, mean_interval
+from nanodreamer.eval.replay import alternative_actions, pick_contexts, real_branches
 
 
 @pytest.fixture(scope="module")

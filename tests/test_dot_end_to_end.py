@@ -11,8 +11,8 @@ import torch
 
 from nanodreamer.cli import main
 from nanodreamer.data import collect
-from nanodreamer.eval.control import counterfactual_dynamics
-from nanodreamer.train.dynamics import load_world_model
+from nanodreamer.eval.dynamics import counterfactual_dynamics
+from nanodreamer.runs import load_world_model
 
 # Return of a 50-step episode: random about -101, heading straight for the target about -1.
 # The imagination-trained policy must close at least half of that gap.
@@ -40,7 +40,7 @@ def test_imagination_policy_closes_half_the_gap_on_dot(tmp_path, capsys):
     cli(f"train tokenizer --data {data} --out {run}/tok --steps 1500 --seq-len 4")
     cli(
         f"train dynamics --data {data} --tokenizer {run}/tok --out {run}/dyn --steps 6000 "
-        "--seq-len 4 --long-seq-len 0 --lr 2e-3 --independent-frac 0"
+        "--long-seq-len 0 --lr 2e-3 --recipe dot"
     )
     world = cli(f"eval dynamics --run {run}/dyn --data {data} --json", capsys)
     deaf = load_world_model(run / "dyn")  # the same model with its action embedding zeroed
@@ -49,12 +49,9 @@ def test_imagination_policy_closes_half_the_gap_on_dot(tmp_path, capsys):
     ignoring = counterfactual_dynamics(deaf, data)
     cli(
         f"train agent --data {data} --world-model {run}/dyn --out {run}/agent --steps 1500 "
-        "--seq-len 8 --lr 1e-3"
+        "--seq-len 8 --lr 1e-3 --recipe dot"
     )
-    cli(
-        f"train imagination --run {run}/agent --out {run}/img --steps 1000 --lr 3e-3 "
-        "--horizon 8 --gamma 0.9 --beta 0.03 --sampling-steps 2"
-    )
+    cli(f"train imagination --run {run}/agent --out {run}/img --steps 1000 --lr 3e-3 --recipe dot")
     bc = cli(f"eval agent --run {run}/agent --env dot --episodes 64 --json", capsys)
     agent = cli(f"eval agent --run {run}/img --env dot --episodes 64 --json", capsys)
     print({"world": world, "ignoring": ignoring, "bc": bc, "agent": agent})

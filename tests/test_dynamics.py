@@ -11,7 +11,6 @@ from nanodreamer.dynamics import (
     DynamicsConfig,
     denoise,
     draw_noise,
-    frame_bases,
     own_rollout,
     shortcut_forcing_loss,
 )
@@ -61,10 +60,9 @@ def test_causal_in_time(model):
     assert not torch.allclose(out[:, 4:], out2[:, 4:])
 
 
-@pytest.mark.parametrize("action_in_latents", [False, True])
-def test_action_changes_only_its_frame_and_later(action_in_latents):
+def test_action_changes_only_its_frame_and_later():
     torch.manual_seed(0)
-    model = Dynamics(replace(SMALL, action_in_latents=action_in_latents)).eval()
+    model = Dynamics(SMALL).eval()
     z, tau, k, action, has = inputs()
     action2 = action.clone()
     action2[:, 2] = -action2[:, 2]
@@ -121,16 +119,6 @@ def test_levels_on_the_grid():
     assert abs(n["independent"].float().mean() - 0.3) < 0.05
 
 
-def test_context_frac_draws_frames_at_the_context_level():
-    torch.manual_seed(0)
-    config = replace(SMALL, max_steps=16, bootstrap_frac=1.0, context_frac=0.4)
-    n = draw_noise(config, torch.zeros(2000, 8, 4, 3))
-    context = n["tau"] == config.context_signal  # never on a grid of {0, d, ..., 1 - d}
-    assert abs(context.float().mean() - 0.4) < 0.02
-    assert (n["step_index"][context] == 4).all()  # labelled d_min, as context_inputs does
-    assert len(n["step_index"][~context].unique()) == 5  # the rest: every step size, as before
-
-
 class Affine(nn.Module):
     """A deterministic stand-in network: z1_hat = w * z + v."""
 
@@ -139,10 +127,7 @@ class Affine(nn.Module):
         self.config = config
         self.w, self.v = nn.Parameter(torch.tensor(0.7)), nn.Parameter(torch.tensor(0.2))
 
-    def forward(
-        self, z, tau, step_index, action, has_action, task=None, independent=None, base=None
-    ):
-        assert base is None  # not a residual model
+    def forward(self, z, tau, step_index, action, has_action, task=None, independent=None):
         return self.w * z + self.v, None
 
 
@@ -214,23 +199,21 @@ def test_independent_frames_ignore_each_other(model):
     torch.testing.assert_close(alone[:, 2:3], single, atol=1e-5, rtol=1e-5)
 
 
-def world(use_cache, seed=0, steps=4, residual=False):
+def world(use_cache, seed=0, steps=4):
     torch.manual_seed(0)
     tok = Tokenizer(replace(TINY_TOKENIZER, window=3))
-    dyn = Dynamics(replace(SMALL, residual=residual))
-    if residual:  # not the untrained copy of the last frame
-        nn.init.normal_(dyn.latent_out.weight, std=0.1)
+    dyn = Dynamics(SMALL)
     generator = torch.Generator().manual_seed(seed)
     return WorldModel(tok, dyn, steps=steps, use_cache=use_cache, generator=generator)
 
 
-@pytest.mark.parametrize("steps,residual", [(1, False), (4, False), (4, True)])
-def test_cached_generation_equals_uncached(steps, residual):
+@pytest.mark.parametrize("steps", [1, 4])
+def test_cached_generation_equals_uncached(steps):
     frames = torch.rand(2, 3, 3, 16, 16)
     actions = torch.rand(2, 3, 2) * 2 - 1
     future = torch.rand(2, 7, 2) * 2 - 1  # longer than the window: the context rolls
-    cached = world(True, steps=steps, residual=residual).imagine(frames, actions, future)
-    uncached = world(False, steps=steps, residual=residual).imagine(frames, actions, future)
+    cached = world(True, steps=steps).imagine(frames, actions, future)
+    uncached = world(False, steps=steps).imagine(frames, actions, future)
     assert cached.shape == (2, 7, 3, 16, 16) and cached.min() >= 0 and cached.max() <= 1
     torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
 
@@ -263,21 +246,6 @@ def test_denoise_one_step_returns_prediction(model):
     torch.testing.assert_close(z, pred[:, 0])
 
 
-def test_residual_bases_and_an_untrained_residual_model_copies_the_last_frame():
-    config = replace(SMALL, residual=True)
-    z1 = torch.randn(3, 4, 4, 3)
-    is_first = torch.zeros(3, 4, dtype=torch.bool)
-    is_first[1, 2] = True
-    base = frame_bases(config, z1, is_first, independent=torch.tensor([False, False, True]))
-    assert (base[:, 0] == 0).all() and (base[2] == 0).all() and (base[1, 2] == 0).all()
-    assert torch.equal(base[0, 1:], z1[0, :-1]) and torch.equal(base[1, 3], z1[1, 2])
-    assert frame_bases(SMALL, z1) is None
-    w = WorldModel(Tokenizer(replace(TINY_TOKENIZER, window=3)), Dynamics(config), steps=4)
-    w.reset(torch.rand(2, 3, 3, 16, 16), torch.zeros(2, 3, 2))
-    last = w.last
-    torch.testing.assert_close(w.step_latents(torch.rand(2, 2) * 2 - 1), last)
-
-
 def drifting_latents(b: int, t: int, drift: float):
     """Latent sequences (B,T,4,3) that drift by the first action dimension; -> the inputs of
     `shortcut_forcing_loss` (z1, action, has_action, valid)."""
@@ -299,22 +267,19 @@ def flow_losses(model: Dynamics, inputs, updates: int, **options) -> list[float]
     return losses
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_learns_on_tiny_data(residual):
+def test_learns_on_tiny_data():
     """Latent sequences that drift by the action: the model must learn to use both."""
     torch.manual_seed(0)
-    model = Dynamics(replace(SMALL, max_steps=4, window=4, residual=residual))
+    model = Dynamics(replace(SMALL, max_steps=4, window=4))
     losses = flow_losses(model, drifting_latents(16, 4, 0.2), 150)
-    # a residual model starts as "copy the last frame", already a third of the plain one's loss
-    assert sum(losses[-15:]) < (0.7 if residual else 0.5) * sum(losses[:15])
+    assert sum(losses[-15:]) < 0.5 * sum(losses[:15])
     assert math.isfinite(losses[-1])
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_own_rollout_is_what_the_world_model_imagines(residual):
+def test_own_rollout_is_what_the_world_model_imagines():
     """The second half of a rollout window is generated exactly as `WorldModel` generates it
     (same random draws in the same order); the first half stays the recorded latents."""
-    w = world(True, steps=2, residual=residual)
+    w = world(True, steps=2)
     w.dynamics.config = replace(w.dynamics.config, rollout_steps=2)
     w.generator = None  # both draw from the global generator
     frames, actions = torch.rand(2, 3, 3, 16, 16), torch.rand(2, 6, 2) * 2 - 1

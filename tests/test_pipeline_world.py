@@ -9,8 +9,7 @@ from conftest import cli, make_store, train_world_model
 
 from nanodreamer.data.latents import LatentStore, encode_dataset
 from nanodreamer.errors import UserError
-from nanodreamer.train.dynamics import load_world_model
-from nanodreamer.train.tokenizer import load_tokenizer
+from nanodreamer.runs import load_tokenizer, load_world_model
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +109,18 @@ def test_action_bins_of_continuous_actions(runs, tmp_path):
     agent = json.loads((tmp_path / "agent" / "run.json").read_text())
     assert agent["agent_config"]["action_bins"] == 8
     from nanodreamer.dynamics import DYNAMICS_PRESETS
+    from nanodreamer.recipes import DynamicsSettings
     from nanodreamer.train.dynamics import dynamics_config_for
+
+    def config_for(action_bins):
+        settings = DynamicsSettings(action_bins=action_bins)
+        return dynamics_config_for(latents, DYNAMICS_PRESETS["tiny"], settings, window=4)
 
     latents = encode_dataset(data, root / "tok")
     latents.data.manifest["action_bins"] = [2, 2]  # as a discrete dataset's manifest says
-    assert dynamics_config_for(latents, DYNAMICS_PRESETS["tiny"]).action_bins == 2
+    assert config_for(None).action_bins == 2
     with pytest.raises(UserError, match="discrete actions with 2 choices: drop --action-bins 8"):
-        dynamics_config_for(latents, DYNAMICS_PRESETS["tiny"], action_bins=8)
+        config_for(8)
     latents.data.manifest["action_bins"] = None
     with pytest.raises(UserError, match="at least 2"):
-        dynamics_config_for(latents, DYNAMICS_PRESETS["tiny"], action_bins=1)
+        config_for(1)

@@ -11,8 +11,7 @@ from nanodreamer.cli import build_parser, main
 from nanodreamer.data import EpisodeStore
 from nanodreamer.eval.agent import AgentPolicy, evaluate_agent
 from nanodreamer.pipeline import record_acting
-from nanodreamer.train.checkpoint import read_run
-from nanodreamer.train.dynamics import load_world_model
+from nanodreamer.runs import load_world_model, read_run
 
 
 def test_packed_run_works_alone_after_its_training_folders_are_gone(tmp_path, monkeypatch, capsys):

@@ -6,8 +6,8 @@ import pytest
 
 from nanodreamer.cli import main
 from nanodreamer.data import EpisodeStore
-from nanodreamer.pipeline import RoundsConfig
-from nanodreamer.train.checkpoint import read_run
+from nanodreamer.recipes import RoundsConfig
+from nanodreamer.runs import read_run
 
 
 def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, capsys):
@@ -32,7 +32,7 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
     world = read_run(out / "round_1" / "dynamics")["model_config"]
     assert (world["action_bins"], world["window"], world["rollout_frac"]) == (8, 4, 0.5)
     settings = read_run(out / "round_1" / "imagination")["imagination"]
-    assert (settings["horizon"], settings["steps"], settings["prior"]) == (3, 2, "data")
+    assert (settings["horizon"], settings["sampling_steps"], settings["prior"]) == (3, 2, "data")
     assert read_run(out / "round_1" / "agent")["value_gamma"] == 0.9
     assert read_run(out / "tokenizer")["train"]["minutes"] == pytest.approx(0.12 * 0.3)
     assert not (out / "round_1" / "tokenizer").exists()  # frozen after round 0
@@ -66,9 +66,9 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
 
 
 def test_the_gas_cap_is_car_racings_alone(tmp_path, capsys):
-    recipe = RoundsConfig()
-    assert recipe.options_for("car-racing")["max_gas"] == 0.2
-    assert recipe.options_for("dot") == {"action_repeat": 8, "max_episode_steps": 400}
+    collect = RoundsConfig().collect
+    assert collect.options("car-racing")["max_gas"] == 0.2
+    assert collect.options("dot") == {"action_repeat": 8, "max_episode_steps": 400}
     for command in ("rounds", "collect --episodes 1"):
         with pytest.raises(SystemExit):
             main(f"{command} --env dot --out {tmp_path / 'x'} --max-gas 0.5".split())

@@ -10,9 +10,9 @@ import torch
 from conftest import TINY_TOKENIZER, make_store
 
 from nanodreamer.errors import UserError
-from nanodreamer.train.checkpoint import read_run
+from nanodreamer.runs import load_tokenizer, read_run
 from nanodreamer.train.distributed import Distributed
-from nanodreamer.train.tokenizer import TokenizerObjective, TokenizerPhase, load_tokenizer
+from nanodreamer.train.tokenizer import TokenizerObjective, TokenizerPhase
 from nanodreamer.train.trainer import TrainConfig, Trainer, learning_rate
 
 MODEL = TINY_TOKENIZER
@@ -236,7 +236,8 @@ def test_memory_options_refused(data, tmp_path, options, message):
 
 
 def test_memory_flags_reach_the_train_config():
-    from nanodreamer.cli import build_parser, train_config
+    from nanodreamer.cli import build_parser
+    from nanodreamer.cli.train import train_config
     from nanodreamer.train.tokenizer import TRAIN_PRESETS
 
     def parse(*flags):

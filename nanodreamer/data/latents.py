@@ -9,7 +9,6 @@ memory-mapped when read; actions, rewards and flags are read from the episode fi
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,19 +19,10 @@ from tqdm.auto import tqdm
 from nanodreamer.data.store import EpisodeStore
 from nanodreamer.errors import UserError
 from nanodreamer.io import atomic_write, write_json
+from nanodreamer.runs import fingerprint, load_tokenizer
+from nanodreamer.tokenizer import TokenizerConfig, frames_from_uint8
 
 LATENT_KEYS = ("latents", "action", "reward", "is_first", "is_terminal")
-
-
-def fingerprint(tokenizer_run: str | Path) -> str:
-    weights = Path(tokenizer_run) / "model.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{tokenizer_run} has no model.safetensors: train the tokenizer first")
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 class LatentStore:
@@ -87,9 +77,6 @@ def encode_dataset(
 ) -> LatentStore:
     """The latent cache of `data` under the tokenizer of `tokenizer_run`, encoding only the
     episodes not cached yet (so a killed run resumes, and new episodes are added)."""
-    from nanodreamer.tokenizer import frames_from_uint8
-    from nanodreamer.train.tokenizer import check_dataset_matches, load_tokenizer
-
     store = EpisodeStore(data)
     tokenizer = load_tokenizer(tokenizer_run, device)
     check_dataset_matches(store.path, tokenizer.config)
@@ -121,3 +108,13 @@ def encode_dataset(
         manifest["encoded"].append(entry["file"])
         write_json(manifest_path, manifest)
     return LatentStore(folder)
+
+
+def check_dataset_matches(data: Path, config: TokenizerConfig) -> None:
+    shape = EpisodeStore(data).manifest["obs_shape"]
+    expected = [config.image_size, config.image_size, config.channels]
+    if shape != expected:
+        raise UserError(
+            f"{data} holds {'x'.join(map(str, shape))} frames but the tokenizer expects "
+            f"{'x'.join(map(str, expected))}: collect at that resolution or change image_size"
+        )

@@ -36,7 +36,7 @@ METADATA_KEY = "nanodreamer"
 
 def _minari():
     try:
-        import minari
+        import minari  # optional: the [minari] extra
     except ImportError:
         raise UserError("Minari is not installed: pip install 'nanodreamer[minari]'") from None
     return minari
@@ -45,7 +45,7 @@ def _minari():
 def export_minari(data: str | Path, dataset_id: str, progress: bool = True):
     """Write the dataset `data` as the local Minari dataset `dataset_id`; returns it."""
     minari = _minari()
-    from minari.data_collector import EpisodeBuffer
+    from minari.data_collector import EpisodeBuffer  # after _minari's check
 
     store = EpisodeStore(data)
     manifest = store.manifest

@@ -9,14 +9,14 @@ import torch
 from tqdm.auto import tqdm
 
 from nanodreamer import envs
-from nanodreamer.agent import sample_action
+from nanodreamer.agent import AgentModel, sample_action
+from nanodreamer.data import EpisodeStore
 from nanodreamer.data.collect import random_policy
 from nanodreamer.errors import UserError
 from nanodreamer.eval.metrics import mean_interval, seeded
 from nanodreamer.eval.pictures import save_video
+from nanodreamer.runs import load_agent, load_tokenizer, read_agent_run
 from nanodreamer.tokenizer import Tokenizer, frames_from_uint8
-from nanodreamer.train.agent import AgentModel, load_agent, read_agent_run
-from nanodreamer.train.tokenizer import load_tokenizer
 
 
 class AgentStream:
@@ -29,7 +29,6 @@ class AgentStream:
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.encoder, self.context = tokenizer.new_cache(), model.dynamics.new_cache()
-        self.last = None  # (B,N,Dl) the newest frame's latents (a residual model's base)
 
     @torch.no_grad()
     def observe(self, obs: np.ndarray, action, has_action) -> torch.Tensor:
@@ -37,7 +36,6 @@ class AgentStream:
         one (B,T) -> their agent states h (B,T,D)."""
         frames = frames_from_uint8(torch.as_tensor(obs, device=self.device))
         z = self.tokenizer.encode(frames, self.encoder)
-        self.last = z[:, -1]
         action = torch.as_tensor(action, device=self.device).float()
         has_action = torch.as_tensor(has_action, device=self.device)
         return self.model.observe(z, action, has_action, self.context)
@@ -190,7 +188,7 @@ def evaluate_agent(
     car's mean return.
     """
     info = read_agent_run(run)
-    manifest = _data_manifest(info)
+    manifest = EpisodeStore(info["data"]).manifest
     data_env, options = manifest["env"], dict(manifest["env_options"])
     if env_name != data_env:
         raise UserError(
@@ -236,9 +234,3 @@ def evaluate_agent(
         )
         results |= {f"random_return_{k}": v for k, v in mean_interval(random_returns).items()}
     return results
-
-
-def _data_manifest(info: dict) -> dict:
-    from nanodreamer.data import EpisodeStore
-
-    return EpisodeStore(info["data"]).manifest

@@ -5,6 +5,15 @@ Reported per horizon h: PSNR of the imagined frame, of the copy-last-frame basel
 tokenizer's own reconstruction of the true frame (the ceiling any rollout through this
 tokenizer can reach); rollouts with shuffled actions show whether actions matter; generation
 frames/s with and without the key/value cache.
+
+Counterfactual figures (`counterfactual_dynamics`), on contexts whose real env is replayed
+under M alternative action sequences (`eval.replay`):
+
+- `counterfactual_psnr_h{h}`: model under the alternative actions vs the real env under them;
+- `ignore_actions_psnr_h{h}`: the model run with the episode's *recorded* actions vs the same
+  alternative real frames: what a model that ignores actions would score;
+- `controllability_h{h}`: the difference (dB). A model that follows actions scores clearly
+  above 0; one that ignores them about 0.
 """
 
 from __future__ import annotations
@@ -12,12 +21,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nanodreamer.data import EpisodeStore, split_episodes
-from nanodreamer.eval.control import HORIZONS, NotReplayable, counterfactual_dynamics
 from nanodreamer.eval.metrics import psnr, seeded
 from nanodreamer.eval.pictures import save_video, side_by_side
+from nanodreamer.eval.replay import (
+    HORIZONS,
+    NotReplayable,
+    alternative_actions,
+    context_batch,
+    pick_contexts,
+    real_branches,
+)
 from nanodreamer.eval.tokenizer import settle_frames
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
@@ -75,6 +92,59 @@ def generation_fps(world: WorldModel, frames: int = 8) -> float:
     return frames / (time.perf_counter() - start)
 
 
+def per_horizon(scores: np.ndarray, alive: np.ndarray, name: str) -> dict[str, float]:
+    """Mean of scores (..., H) over the steps that happened, at each of HORIZONS."""
+    return {
+        f"{name}_h{h}": float(scores[..., h - 1][alive[..., h - 1]].mean())
+        for h in HORIZONS
+        if h <= scores.shape[-1] and alive[..., h - 1].any()
+    }
+
+
+@torch.no_grad()
+@seeded(0)
+def counterfactual_dynamics(
+    world,
+    data: str | Path,
+    *,
+    contexts: int = 32,
+    randoms: int = 2,
+    context: int | None = None,
+    split: str = "val",
+) -> dict[str, float]:
+    """Counterfactual PSNR, ignore-actions PSNR and controllability per horizon (module doc)."""
+    store = EpisodeStore(data)
+    horizon = max(HORIZONS)
+    context = context or min(8, world.window - 1)
+    picked = pick_contexts(store, contexts, context, horizon, split)
+    a = world.dynamics.config.action_dim
+    alternatives = alternative_actions(store.manifest["env"], a, horizon, randoms)
+    real = real_branches(store, picked, alternatives)
+    batch = context_batch(store, picked, horizon)
+    n, m, device = len(picked), len(alternatives), world.device
+    frames = frames_from_uint8(batch["obs"].to(device))
+    has_action = ~batch["is_first"].to(device)
+
+    def imagine(rows, actions):  # -> (rows, H, C, H, W)
+        world.reset(frames[rows], batch["action"][rows].to(device), has_action[rows])
+        return torch.stack([world.step(actions[:, t].to(device)) for t in range(horizon)], 1)
+
+    every = torch.arange(n).repeat_interleave(m)  # (N*M,): context of each branch
+    follow = imagine(every, torch.from_numpy(alternatives).repeat(n, 1, 1))
+    follow = follow.unflatten(0, (n, m))
+    recorded = imagine(torch.arange(n), batch["future"])[:, None]  # (N,1,H,...)
+    truth = frames_from_uint8(torch.from_numpy(real["frames"]).to(device))
+    scores = psnr(follow, truth).cpu().numpy()
+    ignore = psnr(recorded.expand_as(truth), truth).cpu().numpy()
+    results = per_horizon(scores, real["alive"], "counterfactual_psnr")
+    results |= per_horizon(ignore, real["alive"], "ignore_actions_psnr")
+    for h in HORIZONS:
+        if f"counterfactual_psnr_h{h}" in results:
+            gap = results[f"counterfactual_psnr_h{h}"] - results[f"ignore_actions_psnr_h{h}"]
+            results[f"controllability_h{h}"] = gap
+    return results | {"counterfactual_contexts": n, "counterfactual_actions": m}
+
+
 @seeded(0)
 def evaluate_dynamics(
     world: WorldModel,
@@ -88,7 +158,7 @@ def evaluate_dynamics(
 ) -> dict[str, float]:
     """Rollout metrics on the split's episodes ("all" for a held-out dataset; keys psnr_h1..,
     baseline_psnr_h.., ceiling_.., shuffled_psnr_h.., fps, fps_no_cache, and the
-    counterfactual ones of `eval.control`). `quick` skips the shuffled, counterfactual and
+    counterfactual ones, module doc). `quick` skips the shuffled, counterfactual and
     no-cache runs."""
     horizon = max(HORIZONS)
     context = context or min(8, world.window - 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # the object API: no pyplot, no display backend
 
 from nanodreamer.io import atomic_write
 
@@ -50,16 +51,12 @@ def save_video(path: str | Path, frames: np.ndarray, fps: int = 10, scale: int =
 
 def plot_metrics(metrics_file: str | Path, out: str | Path, keys: tuple[str, ...]) -> Path | None:
     """Plot `keys` of a metrics JSONL file against step, one panel per key, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line]
     keys = tuple(k for k in keys if any(k in r for r in rows))
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    fig = Figure(figsize=(4 * len(keys), 3))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         points = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot(*zip(*points, strict=True), marker="." if len(points) < 30 else None)
@@ -67,7 +64,30 @@ def plot_metrics(metrics_file: str | Path, out: str | Path, keys: tuple[str, ...
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def plot_learning_curve(results: list[dict], out: str | Path) -> Path:
+    """Real-env return per round (mean and 95% interval) of `rounds.json`'s rounds: the
+    imagination policy, behaviour cloning and random."""
+    rounds = [r["round"] for r in results]
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    lines = {"": "imagination policy", "bc_best_": "behaviour cloning (best)", "random_": "random"}
+    for prefix, label in lines.items():
+        means = [r["real_env"][f"{prefix}return_mean"] for r in results]
+        errors = [r["real_env"][f"{prefix}return_ci95"] or 0 for r in results]
+        ax.errorbar(rounds, means, yerr=errors, marker="o", capsize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("return (full episodes)")
+    ax.set_xticks(rounds)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Figure, out: str | Path) -> Path:
     out = Path(out)
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
     return out

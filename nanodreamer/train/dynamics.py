@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from nanodreamer.data.latents import LatentStore, encode_dataset, fingerprint
-from nanodreamer.dynamics import Dynamics, DynamicsConfig, shortcut_forcing_loss
+from nanodreamer.data.latents import LatentStore, encode_dataset
+from nanodreamer.dynamics import Dynamics, DynamicsConfig, latent_batch, shortcut_forcing_loss
 from nanodreamer.errors import UserError
-from nanodreamer.train.checkpoint import load_weights, read_run
+from nanodreamer.eval.dynamics import evaluate_dynamics
+from nanodreamer.recipes import DynamicsSettings
+from nanodreamer.runs import fingerprint, load_tokenizer, load_weights
 from nanodreamer.train.distributed import Distributed
-from nanodreamer.train.tokenizer import load_tokenizer
 from nanodreamer.train.trainer import TrainConfig, window_batches
 from nanodreamer.world import WorldModel
 
@@ -30,18 +31,6 @@ TRAIN_PRESETS = {
         steps=100000, batch_size=16, seq_len=16, long_seq_len=32, lr=3e-4, warmup=1000
     ),
 }
-
-
-def latent_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Dataset window -> dynamics inputs. Frames without a known action (an episode's first,
-    an action-free episode's) get the no-action embedding."""
-    return {
-        "z1": batch["latents"].float(),
-        "action": batch["action"],
-        "has_action": batch["has_action"],
-        "valid": batch["valid"],
-        "is_first": batch["is_first"],
-    }
 
 
 class DynamicsObjective(nn.Module):
@@ -80,8 +69,6 @@ class DynamicsPhase:
         return window_batches(self.latents, self.train, start_step, env)
 
     def evaluate(self, model: Dynamics, run: Path, step: int) -> dict[str, float]:
-        from nanodreamer.eval.dynamics import evaluate_dynamics
-
         tokenizer = load_tokenizer(self.tokenizer_run, next(model.parameters()).device)
         world = WorldModel(tokenizer, model, steps=4)
         return evaluate_dynamics(
@@ -108,13 +95,12 @@ def check_actions_match(latents: LatentStore, config: DynamicsConfig) -> None:
 
 
 def dynamics_config_for(
-    latents: LatentStore, preset: DynamicsConfig, action_bins: int | None = None
+    latents: LatentStore, preset: DynamicsConfig, settings: DynamicsSettings, window: int
 ) -> DynamicsConfig:
-    """The preset, sized to the tokenizer's latents and the dataset's actions. Discrete
-    actions take their number of choices; continuous ones `action_bins` (default: the
-    preset's)."""
-    from dataclasses import replace
-
+    """The preset, sized to the tokenizer's latents, the dataset's actions and a training
+    window of `window` frames, with the recipe's `settings`. Discrete actions take their
+    number of choices; continuous ones `settings.action_bins` (None: the preset's)."""
+    action_bins = settings.action_bins
     manifest = latents.data.manifest
     bins = manifest["action_bins"]
     if bins and action_bins not in (None, max(bins)):
@@ -130,27 +116,7 @@ def dynamics_config_for(
         latent_dim=latents.manifest["latent_dim"],
         action_dim=manifest["action_dim"],
         action_bins=max(bins) if bins else action_bins or preset.action_bins,
+        window=window,
+        rollout_frac=settings.rollout_frac,
+        independent_frac=settings.independent_frac,
     )
-
-
-def load_world_model(
-    run: str | Path, device: str | torch.device = "cpu", steps: int = 4, **kwargs
-) -> WorldModel:
-    """Tokenizer + dynamics of a dynamics (or agent) run, checked to belong together."""
-    info = read_run(run)
-    if info.get("phase") not in ("dynamics", "agent", "imagination"):
-        raise UserError(f"{run} is a {info.get('phase')} run, but a dynamics run is needed here")
-    if fingerprint(info["tokenizer"]) != info["tokenizer_fingerprint"]:
-        raise UserError(
-            f"the tokenizer run {info['tokenizer']} changed after {run} was trained on it: "
-            "retrain the dynamics model or restore that tokenizer"
-        )
-    tokenizer = load_tokenizer(info["tokenizer"], device)
-    if info["phase"] == "dynamics":
-        dynamics = Dynamics(DynamicsConfig(**info["model_config"]))
-        load_weights(run, dynamics)
-    else:  # an agent run's transformer (finetuned in phase 2, with its agent tokens)
-        from nanodreamer.train.agent import load_agent
-
-        dynamics = load_agent(run)[0].dynamics
-    return WorldModel(tokenizer, dynamics.to(device), steps=steps, **kwargs)

@@ -12,11 +12,11 @@ class MetricsLogger:
         self.file = open(run / "metrics.jsonl", "a")  # noqa: SIM115 - open for the whole run
         self.tb = self.wb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # slow: only when logging
 
             self.tb = SummaryWriter(run / "tensorboard")
         if wandb:
-            import wandb as wandb_module
+            import wandb as wandb_module  # optional: the [wandb] extra
 
             self.wb = wandb_module.init(
                 project="nanodreamer", name=run.name, dir=str(run), config=config, resume="allow"

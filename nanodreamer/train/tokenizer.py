@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from nanodreamer.data import EpisodeStore, WindowDataset, window_loader
-from nanodreamer.errors import UserError
+from nanodreamer.data.latents import check_dataset_matches
 from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
 from nanodreamer.tokenizer import Tokenizer, TokenizerConfig, frames_from_uint8
-from nanodreamer.train.checkpoint import load_weights, read_run
 from nanodreamer.train.distributed import Distributed
 from nanodreamer.train.trainer import TrainConfig
 
@@ -83,21 +82,3 @@ def tokenizer_config_for(
     patch = patch or 4
     latents = min(preset.n_latents, max(1, (height // patch) ** 2 // 4))
     return replace(config, patch=patch, n_latents=latents, mask_max=min(preset.mask_max, 0.5))
-
-
-def check_dataset_matches(data: Path, config: TokenizerConfig) -> None:
-    shape = EpisodeStore(data).manifest["obs_shape"]
-    expected = [config.image_size, config.image_size, config.channels]
-    if shape != expected:
-        raise UserError(
-            f"{data} holds {'x'.join(map(str, shape))} frames but the tokenizer expects "
-            f"{'x'.join(map(str, expected))}: collect at that resolution or change image_size"
-        )
-
-
-def load_tokenizer(run: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
-    """The trained tokenizer of a run folder, in eval mode."""
-    info = read_run(run, "tokenizer")
-    model = Tokenizer(TokenizerConfig(**info["model_config"]))
-    load_weights(run, model)
-    return model.to(device).eval()

@@ -23,9 +23,11 @@ import torch._functorch.config as compile_config
 from torch import nn
 from tqdm.auto import tqdm
 
+from nanodreamer import runs
+from nanodreamer.data import WindowDataset, window_loader
+from nanodreamer.data.sampler import labelled_episodes
 from nanodreamer.errors import UserError
 from nanodreamer.nn.transformer import CHECKPOINTING, AxialTransformer
-from nanodreamer.train import checkpoint as ckpt
 from nanodreamer.train.distributed import Distributed, max_over_ranks, mean_over_ranks
 from nanodreamer.train.logger import MetricsLogger
 
@@ -65,9 +67,6 @@ def window_batches(
     With `long_seq_len`, every `long_every`-th step draws longer windows (fewer of them, the
     same number of frames), so the model also learns to run past its context window.
     `cfg.labelled_frac` < 1 hides the actions of the other episodes (`labelled_episodes`)."""
-    from nanodreamer.data import WindowDataset, window_loader
-    from nanodreamer.data.sampler import labelled_episodes
-
     labelled = labelled_episodes(source, cfg.labelled_frac, cfg.seed)
 
     def stream(seq_len: int, batch_size: int, step: int, seed: int):
@@ -214,7 +213,7 @@ class Trainer:
         }
 
     def resume(self) -> None:
-        saved = ckpt.read_run(self.run, self.phase.name)
+        saved = runs.read_run(self.run, self.phase.name)
         mine = self.phase.run_info()
         for key in mine:
             if key.endswith("config") and saved.get(key) != mine[key]:
@@ -222,8 +221,8 @@ class Trainer:
                     f"{self.run} was trained with a different {key} ({saved.get(key)}): "
                     "resume with the same preset and options"
                 )
-        state = ckpt.load_checkpoint(self.run)
-        ckpt.load_state(self.objective, state["objective"], self.run / ckpt.CHECKPOINT)
+        state = runs.load_checkpoint(self.run)
+        runs.load_state(self.objective, state["objective"], self.run / runs.CHECKPOINT)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
@@ -233,9 +232,9 @@ class Trainer:
     def save(self) -> None:
         if not self.env.main:
             return
-        ckpt.save_checkpoint(self.run, self.state())
-        ckpt.export_weights(self.run, self.eval_model, self.info())
-        ckpt.write_run(self.run, self.info())
+        runs.save_checkpoint(self.run, self.state())
+        runs.export_weights(self.run, self.eval_model, self.info())
+        runs.write_run(self.run, self.info())
 
     @property
     def eval_model(self) -> nn.Module:
@@ -253,7 +252,7 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        elif (self.run / ckpt.CHECKPOINT).exists():
+        elif (self.run / runs.CHECKPOINT).exists():
             raise UserError(f"{self.run} already holds a run: pass --resume or pick a new --out")
         else:
             seed_everything(cfg.seed + env.rank)
@@ -261,7 +260,7 @@ class Trainer:
             MetricsLogger(self.run, self.info(), cfg.tensorboard, cfg.wandb) if env.main else None
         )
         if env.main:
-            ckpt.write_run(self.run, self.info())
+            runs.write_run(self.run, self.info())
         batches = self.phase.batches(self.step, env)
         by_time = bool(cfg.minutes)  # the bar counts seconds of the budget, or steps
         bar = tqdm(

@@ -1,0 +1,168 @@
+"""Data subcommands: `collect`, `data info | verify | import | export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nanodreamer.cli.flags import add_settings_flags, check_gas_cap, with_flags
+from nanodreamer.data import EpisodeStore, collect, summarize, verify
+from nanodreamer.data.minari_io import export_minari, import_minari
+from nanodreamer.data.video import import_videos
+from nanodreamer.errors import UserError
+from nanodreamer.eval.agent import AgentPolicy
+from nanodreamer.recipes import EnvSettings
+
+ENV_OWN = EnvSettings(action_repeat=1, max_episode_steps=None, max_gas=None)  # unless flagged
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("collect", help="collect episodes into a dataset folder")
+    p.add_argument(
+        "--env", default="car-racing", help="car-racing, multi-car-racing, dot or a Gym id"
+    )
+    p.add_argument("--episodes", type=int, required=True, help="episodes (one per car and race)")
+    p.add_argument("--num-cars", type=int, help="cars per race for multi-car-racing (default 2)")
+    p.add_argument("--out", required=True, help="dataset folder (created, or appended to)")
+    p.add_argument("--workers", type=int, default=1, help="parallel environments")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, help="square frame size for Gymnasium envs")
+    add_settings_flags(p, ENV_OWN, show=False)
+    p.add_argument("--policy", help="act with this agent run instead of randomly")
+    p.add_argument(
+        "--frames",
+        help="also keep every stepped frame (all repeats of each action) in this dataset folder, "
+        "action-free: the tokenizer's data",
+    )
+    p.set_defaults(func=cmd_collect)
+
+    data = sub.add_parser("data", help="inspect, check, import and export datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser("info", help="episodes, frames, lengths, returns, actions, size")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_info)
+    p = data.add_parser("verify", help="read every episode back; --repair moves damaged ones")
+    p.add_argument("dir")
+    p.add_argument("--repair", action="store_true")
+    p.set_defaults(func=cmd_data_verify)
+    imports = data.add_parser("import", help="bring video or a Minari dataset in").add_subparsers(
+        dest="import_command", required=True
+    )
+    p = imports.add_parser(
+        "video", help="video files or frame folders, one action-free episode each"
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="mp4/webm/gif files, frame folders")
+    p.add_argument("--out", required=True, help="dataset folder (created, or appended to)")
+    p.add_argument("--resolution", type=int, help="square frame size (new datasets: 64)")
+    p.set_defaults(func=cmd_import_video)
+    p = imports.add_parser("minari", help="a local Minari dataset with image observations")
+    p.add_argument("dataset", help="Minari dataset id")
+    p.add_argument("--out", required=True, help="new dataset folder")
+    p.set_defaults(func=cmd_import_minari)
+    exports = data.add_parser("export", help="write a dataset in another format").add_subparsers(
+        dest="export_command", required=True
+    )
+    p = exports.add_parser("minari", help="a local Minari dataset (loads in Minari and TorchRL)")
+    p.add_argument("dir")
+    p.add_argument("--dataset-id", required=True, help="e.g. car-racing/random-v0")
+    p.set_defaults(func=cmd_export_minari)
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    check_gas_cap(args.env, hasattr(args, "max_gas"))
+    options = with_flags(args, ENV_OWN).options(args.env)
+    if args.resolution is not None:
+        options["resolution"] = args.resolution
+    if args.num_cars is not None:
+        if args.env != "multi-car-racing":
+            raise UserError("--num-cars is for --env multi-car-racing only")
+        options["num_cars"] = args.num_cars
+    policy = None
+    if args.policy:
+        cars = args.num_cars or 1  # one policy context per car stream
+        races = -(-args.episodes // cars)
+        policy = AgentPolicy(args.policy, num_envs=min(args.workers, races) * cars)
+    store = collect(
+        args.env,
+        args.out,
+        args.episodes,
+        workers=args.workers,
+        seed=args.seed,
+        env_options=options,
+        policy=policy,
+        frames=args.frames,
+    )
+    info = summarize(store)
+    print(f"{args.out}: {info['episodes']} episodes, {info['frames']} frames")
+    if args.frames:
+        print(f"{args.frames}: {summarize(EpisodeStore(args.frames))['frames']} frames")
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    info = summarize(EpisodeStore(args.dir))
+    print(json.dumps(info, indent=1) if args.json else format_summary(info))
+
+
+def format_summary(info: dict) -> str:
+    def fmt(stats: dict) -> str:
+        if stats["mean"] is None:
+            return "-"
+        values = {k: ",".join(f"{v:.3g}" for v in np.atleast_1d(x)) for k, x in stats.items()}
+        return "  ".join(f"{k}={v}" for k, v in values.items())
+
+    return "\n".join(
+        [
+            f"dataset      {info['path']}",
+            f"env          {info['env']} {info['env_options']}",
+            f"obs          {'x'.join(map(str, info['obs_shape']))} uint8, action_dim "
+            f"{info['action_dim']}, bins {info['action_bins'] or 'continuous'}",
+            f"episodes     {info['episodes']} ({info['terminated_episodes']} terminated, "
+            f"{info['episodes'] - info['labelled_episodes']} action-free)",
+            f"frames       {info['frames']}",
+            f"length       {fmt(info['episode_length'])}",
+            f"return       {fmt(info['episode_return'])}",
+            f"action       {fmt(info['action'])}",
+            f"on disk      {info['bytes_on_disk'] / 2**20:.1f} MiB",
+        ]
+    )
+
+
+def cmd_data_verify(args: argparse.Namespace) -> None:
+    problems = verify(args.dir, repair=args.repair)
+    for line in problems:
+        print(line)
+    if not problems:
+        print(f"{args.dir}: all episodes read back intact")
+    elif args.repair:
+        print(f"moved {len(problems)} damaged episode(s) to {Path(args.dir) / 'corrupt'}")
+    else:
+        sys.exit(1)
+
+
+def cmd_import_video(args: argparse.Namespace) -> None:
+    added, errors = import_videos(args.paths, args.out, args.resolution)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    frames = sum(EpisodeStore(args.out).lengths[added]) if added else 0
+    print(f"{args.out}: {len(added)} action-free episodes ({frames} frames) imported")
+    if errors:
+        sys.exit(1)
+
+
+def cmd_import_minari(args: argparse.Namespace) -> None:
+    store = import_minari(args.dataset, args.out)
+    print(f"{args.out}: {len(store)} episodes ({store.frames} frames) from {args.dataset}")
+
+
+def cmd_export_minari(args: argparse.Namespace) -> None:
+    dataset = export_minari(args.dir, args.dataset_id)
+    print(
+        f"{args.dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps "
+        f"(minari.load_dataset({args.dataset_id!r}))"
+    )

@@ -1,0 +1,210 @@
+"""Evaluation subcommands: `eval tokenizer | dynamics | agent` and `imagine` (how to read each
+figure: docs/evaluation.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from nanodreamer.cli.flags import add_run_or_pretrained, add_split_flag
+from nanodreamer.data.latents import check_dataset_matches
+from nanodreamer.errors import UserError
+from nanodreamer.eval.agent import evaluate_agent
+from nanodreamer.eval.control import control_figures
+from nanodreamer.eval.dynamics import evaluate_dynamics, rollout_windows
+from nanodreamer.eval.pictures import save_video, side_by_side
+from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
+from nanodreamer.io import to_json
+from nanodreamer.pretrained import pretrained
+from nanodreamer.runs import load_tokenizer, load_world_model, read_run
+from nanodreamer.tokenizer import frames_from_uint8
+
+KINDS = ("", "baseline_", "ceiling_", "shuffled_", "counterfactual_", "ignore_actions_")
+
+
+def add_commands(sub) -> None:
+    evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(
+        dest="eval_command", required=True
+    )
+    p = evaluate.add_parser("tokenizer", help="reconstruction PSNR and SSIM on validation data")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--windows", type=int, default=32, help="validation windows to score")
+    add_split_flag(p)
+    p.add_argument(
+        "--gif",
+        help="default RUN/eval_reconstruction.gif (training writes RUN/reconstruction.gif)",
+    )
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_tokenizer)
+
+    p = evaluate.add_parser("dynamics", help="open-loop rollout PSNR, baselines, frames/s")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--context", type=int, help="real context frames (default min(8, window-1))")
+    p.add_argument("--windows", type=int, default=16)
+    add_split_flag(p)
+    p.add_argument("--steps", type=int, default=4, help="sampling steps K per frame")
+    p.add_argument(
+        "--gif",
+        help="default RUN/eval_imagination.gif (training writes RUN/imagination.gif)",
+    )
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_dynamics)
+
+    p = evaluate.add_parser("agent", help="return in the real env beside a random policy")
+    add_run_or_pretrained(p, "agent or imagination run folder")
+    p.add_argument("--env", required=True)
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    acting = p.add_mutually_exclusive_group()  # neither: as the run records (pack), else sample
+    acting.add_argument("--mode", action="store_true", default=None, help="most likely actions")
+    acting.add_argument(
+        "--sample",
+        dest="mode",
+        action="store_false",
+        default=None,
+        help="sampled actions (default, unless the run records a choice)",
+    )
+    p.add_argument(
+        "--max-episode-steps", type=int, help="cap episodes (default: the env's own limit)"
+    )
+    p.add_argument("--video", help="write the first episode as .gif or .mp4")
+    p.add_argument("--num-cars", type=int, help="multi-car-racing: cars per race")
+    p.add_argument(
+        "--opponents",
+        choices=("self", "random"),
+        default="self",
+        help="multi-car-racing: the policy drives every car, or car 0 against random cars",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_agent)
+
+    p = sub.add_parser("imagine", help="real context, then imagined frames beside the truth")
+    p.add_argument("--run", required=True, help="dynamics run folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="FILE.gif or FILE.mp4")
+    p.add_argument("--frames", type=int, default=32, help="imagined frames")
+    p.add_argument("--steps", type=int, default=4, help="sampling steps K per frame")
+    p.add_argument("--actions", choices=["recorded", "random"], default="recorded")
+    p.add_argument("--context", type=int)
+    p.add_argument("--samples", type=int, default=4, help="rollouts, one row each")
+    p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_imagine)
+
+
+def device_of(args: argparse.Namespace) -> str:
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_eval_tokenizer(args: argparse.Namespace) -> None:
+    model = load_tokenizer(args.run, device_of(args))
+    check_dataset_matches(Path(args.data), model.config)
+    seq_len = read_run(args.run)["train"]["seq_len"]
+    windows = validation_windows(args.data, seq_len, count=args.windows, split=args.split)
+    gif = Path(args.gif) if args.gif else Path(args.run) / "eval_reconstruction.gif"
+    results = evaluate_tokenizer(model, windows, gif=gif) | {"gif": str(gif)}
+    if args.json:
+        print(to_json(results))
+    else:
+        print(
+            f"PSNR {results['psnr']:.2f} dB  SSIM {results['ssim']:.4f}  "
+            f"({results['frames']} validation frames)  reconstruction: {gif}"
+        )
+
+
+def cmd_eval_dynamics(args: argparse.Namespace) -> None:
+    world = load_world_model(args.run, device_of(args), steps=args.steps)
+    gif = Path(args.gif) if args.gif else Path(args.run) / "eval_imagination.gif"
+    results = evaluate_dynamics(
+        world, args.data, context=args.context, windows=args.windows, gif=gif, split=args.split
+    ) | {"gif": str(gif)}
+    if args.json:
+        print(to_json(results))
+        return
+    print(f"rollout PSNR after {results['context']} context frames ({results['windows']} windows)")
+    print("horizon   model  copy-last  tokenizer  shuffled  counterfactual  ignore-actions")
+    for h in (1, 4, 8, 16):
+        row = [results.get(f"{kind}psnr_h{h}", float("nan")) for kind in KINDS]
+        print(f"h{h:<8}{row[0]:6.2f}  {row[1]:9.2f}  {row[2]:9.2f}  {row[3]:8.2f}  "
+              f"{row[4]:14.2f}  {row[5]:14.2f}")  # fmt: skip
+    if "controllability_h8" in results:
+        print(
+            f"controllability at h8: {results['controllability_h8']:+.2f} dB (counterfactual "
+            "minus ignore-actions PSNR: > 0 when the model follows actions)"
+        )
+    else:
+        print(f"counterfactual: {results.get('counterfactual', 'not run')}")
+    print(
+        f"generation {results['fps']:.1f} frames/s with cache, "
+        f"{results.get('fps_no_cache', float('nan')):.1f} without; imagination: {gif}"
+    )
+
+
+def cmd_imagine(args: argparse.Namespace) -> None:
+    if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
+        raise UserError(f"--out must end in .gif or .mp4, got {args.out}")
+    device = device_of(args)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    world = load_world_model(args.run, device, steps=args.steps, generator=generator)
+    context = args.context or min(8, world.window - 1)
+    batch = rollout_windows(args.data, context + args.frames, args.samples)
+    frames = frames_from_uint8(batch["obs"].to(device))
+    actions = batch["action"].to(device)
+    if args.actions == "random":
+        actions[:, context:].uniform_(-1, 1, generator=generator)
+    world.reset(
+        frames[:, :context], actions[:, :context], batch["has_action"][:, :context].to(device)
+    )
+    imagined = torch.stack([world.step(actions[:, t]) for t in range(context, frames.shape[1])], 1)
+    fake = torch.cat([frames[:, :context], imagined], 1)
+    path = save_video(args.out, side_by_side(frames, fake), fps=args.fps)
+    print(
+        f"{path}: {frames.shape[0]} rollouts, {context} real context frames then "
+        f"{args.frames} imagined ({args.actions} actions); left: real, right: imagined"
+    )
+
+
+def cmd_eval_agent(args: argparse.Namespace) -> None:
+    run = args.run or str(pretrained(args.pretrained) / "agent")
+    results = evaluate_agent(
+        run,
+        args.env,
+        args.episodes,
+        seed=args.seed,
+        video=args.video,
+        mode=args.mode,
+        max_episode_steps=args.max_episode_steps,
+        num_cars=args.num_cars,
+        opponents=args.opponents,
+    )
+    results |= control_figures(run)
+    print(to_json(results) if args.json else format_agent_results(results, args.env))
+
+
+def format_agent_results(r: dict, env: str) -> str:
+    """The lines `eval agent` prints: returns with 95% intervals, then the world model's
+    reward and imagination figures."""
+    lines = [
+        f"{r['episodes']} full episodes of {env} on fresh seeds, mean ± 95% interval: agent "
+        f"{r['return_mean']:.1f} ± {r['return_ci95']:.1f} (std {r['return_std']:.1f}), random "
+        f"{r['random_return_mean']:.1f} ± {r['random_return_ci95']:.1f}"
+    ]
+    if "reward_corr" in r:
+        lines += [
+            f"reward model on held-out episodes: MAE {r['reward_mae']:.3f}, correlation "
+            f"{r['reward_corr']:.2f}; under other actions: correlation "
+            f"{r['counterfactual_reward_corr']:.2f}, ranking their 16-step returns from one "
+            f"state: {r['counterfactual_return_corr_within']:.2f}",
+            f"policy from the same states, 16 steps: imagined return {r['imagined_return']:.2f}, "
+            f"real {r['real_return_h16']:.2f}, correlation {r['imagined_real_corr']:.2f}",
+        ]
+    else:
+        lines.append(f"world-model figures: {r.get('control', 'not run')}")
+    return "\n".join(lines)

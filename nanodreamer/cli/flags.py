@@ -1,0 +1,91 @@
+"""Flags shared by several subcommands, and flags generated from the typed configs of
+`recipes` (one flag per field: its name, type, choices and help come from the dataclass)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields, is_dataclass, replace
+
+from nanodreamer.errors import UserError
+from nanodreamer.recipes import RECIPES
+
+TYPES = {"int": int, "float": float, "str": str}
+
+
+def field_type(annotation: str):
+    """argparse type of a field annotated `int`, `float | None`, ...: 'none' gives None."""
+    kind = TYPES[annotation.split("|")[0].strip()]
+    if "None" not in annotation:
+        return kind
+
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser, settings, skip=(), show=True, prefix=""
+) -> None:
+    """One `--field-name` per field of the dataclass `settings` (nested ones flattened), stored
+    under its place ("field" or "section.field") only when given; `show` adds the value of
+    `settings` (the car-racing recipe's) to the help."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if is_dataclass(value):
+            add_settings_flags(parser, value, skip, show, f"{prefix}{f.name}.")
+        elif f.name not in skip:
+            help_text = f.metadata["help"] + (f" (car-racing: {value})" if show else "")
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=prefix + f.name,
+                type=field_type(f.type),
+                choices=f.metadata["choices"],
+                metavar=None if f.metadata["choices"] else f.name.upper(),
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+
+
+def with_flags(args: argparse.Namespace, settings, prefix=""):
+    """`settings` (a dataclass) with every field whose flag was given set to its value."""
+    changes = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if is_dataclass(value):
+            changes[f.name] = with_flags(args, value, f"{prefix}{f.name}.")
+        elif hasattr(args, prefix + f.name):
+            changes[f.name] = getattr(args, prefix + f.name)
+    return replace(settings, **changes)
+
+
+def add_recipe_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default="car-racing",
+        help="named settings (recipes.py); every flag below overrides one of them",
+    )
+
+
+def add_run_or_pretrained(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--run", help=what)
+    group.add_argument(
+        "--pretrained", metavar="NAME", help="a folder shipped in nanodreamer/pretrained/ (pack)"
+    )
+
+
+def add_split_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--split",
+        choices=["val", "all"],
+        default="val",
+        help="all: every episode (for a separate held-out dataset)",
+    )
+
+
+def check_gas_cap(env: str, given: bool) -> None:
+    if given and env != "car-racing":
+        raise UserError("--max-gas is for --env car-racing only")

@@ -1,0 +1,98 @@
+"""Whole-pipeline subcommands: `rounds`, `demo`, and sharing the result: `pack`, `play`."""
+
+from __future__ import annotations
+
+import argparse
+
+from nanodreamer.cli.flags import (
+    add_recipe_flag,
+    add_run_or_pretrained,
+    add_settings_flags,
+    check_gas_cap,
+    with_flags,
+)
+from nanodreamer.demo import run_demo
+from nanodreamer.errors import UserError
+from nanodreamer.pipeline import run_rounds
+from nanodreamer.play import PlayConfig, serve
+from nanodreamer.pretrained import pack, pretrained
+from nanodreamer.recipes import RoundsConfig, recipe
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "rounds", help="rounds of collect -> train -> evaluate in one folder (--recipe)"
+    )
+    p.add_argument("--out", required=True, help="folder (rerun the same command to resume)")
+    add_recipe_flag(p)
+    add_settings_flags(p, RoundsConfig())
+    p.set_defaults(func=cmd_rounds)
+
+    p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--minutes", type=float, default=55, help="time budget (about 50 min wall)")
+    p.add_argument("--env", default="car-racing")
+    p.add_argument("--episodes", type=int, default=100, help="random episodes to collect")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pack", help="an imagination run as a self-contained pretrained folder")
+    p.add_argument("--run", required=True, help="imagination run folder")
+    p.add_argument("--out", required=True, help="folder to write (replaced)")
+    p.add_argument("--episodes", type=int, default=4, help="held-out episodes to include")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("play", help="drive inside a world model in the browser")
+    add_run_or_pretrained(p, "dynamics (or agent) run folder")
+    p.add_argument("--data", help="dataset whose episodes give start frames")
+    p.add_argument("--agent", help="agent run that can drive (a toggle on the page)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--public", action="store_true", help="allow a non-loopback --host")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--max-sessions", type=int, default=4, help="browser tabs at once")
+    p.add_argument("--fps", type=float, default=20.0, help="target frames/s")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps per frame")
+    p.add_argument("--context", type=int, default=4, help="real start frames from --data")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_play)
+
+
+def cmd_rounds(args: argparse.Namespace) -> None:
+    config = with_flags(args, recipe(args.recipe))
+    check_gas_cap(config.env, hasattr(args, "collect.max_gas"))
+
+    def interval(e: dict, who: str) -> str:  # one episode has no interval (null in JSON)
+        ci = e[f"{who}return_ci95"]
+        return f"{e[f'{who}return_mean']:.1f} ± {'n/a' if ci is None else f'{ci:.1f}'}"
+
+    for r in run_rounds(args.out, config):
+        e = r["real_env"]
+        print(
+            f"round {r['round']}: imagination {interval(e, '')} (acting {e['acting']}), "
+            f"BC {interval(e, 'bc_best_')}, random {interval(e, 'random_')}"
+        )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    run_demo(args.out, minutes=args.minutes, env=args.env, episodes=args.episodes)
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    out = pack(args.run, args.out, args.episodes)
+    size = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 2**20
+    print(f"{out}: {size:.1f} MB of weights; use it with --run {out / 'agent'}")
+
+
+def cmd_play(args: argparse.Namespace) -> None:
+    loopback = ("127.0.0.1", "localhost", "::1")
+    if args.host not in loopback and not args.public:
+        raise UserError(
+            f"--host {args.host} would let other machines drive the model: add --public to "
+            "mean it, or keep the default 127.0.0.1"
+        )
+    config = {k: getattr(args, k) for k in ("run", "data", "agent", "host", "port", "fps")}
+    config |= {"max_sessions": args.max_sessions, "steps": args.steps, "device": args.device}
+    if args.pretrained:  # its world model and agent are one run; its episodes give start frames
+        folder = pretrained(args.pretrained)
+        config |= {"run": str(folder / "agent"), "agent": config["agent"] or str(folder / "agent")}
+        config["data"] = config["data"] or str(folder / "data")
+    serve(PlayConfig(**config, context=args.context))

@@ -1,0 +1,189 @@
+"""Training subcommands: `train tokenizer | dynamics | agent | imagination`. The phases' settings
+come from a recipe (`--recipe`, default car-racing: the one that drives), so a phase trained
+by hand gets what `rounds` gives it; every flag overrides one setting."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from nanodreamer.cli.flags import add_recipe_flag, add_settings_flags, with_flags
+from nanodreamer.data.latents import encode_dataset
+from nanodreamer.dynamics import DYNAMICS_PRESETS
+from nanodreamer.errors import UserError
+from nanodreamer.recipes import AgentSettings, DynamicsSettings, ImaginationSettings, recipe
+from nanodreamer.tokenizer import TOKENIZER_PRESETS, load_perceptual
+from nanodreamer.train import distributed
+from nanodreamer.train import dynamics as dynamics_phase
+from nanodreamer.train import tokenizer as tokenizer_phase
+from nanodreamer.train.agent import AgentPhase, agent_train_config
+from nanodreamer.train.imagination import ImaginationPhase, imagination_train_config
+from nanodreamer.train.trainer import TrainConfig, Trainer
+
+
+def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
+    p.add_argument("--out", required=True, help="run folder")
+    if presets:
+        p.add_argument("--data", required=True, help="dataset folder")
+        p.add_argument("--preset", choices=list(presets), default="tiny")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument(
+        "--seq-len", type=int, help="frames per training window (dynamics: the recipe's window)"
+    )
+    p.add_argument("--lr", type=float)
+    p.add_argument("--minutes", type=float, help="time budget; the LR schedule follows it")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="data loader processes")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument(
+        "--checkpointing",
+        nargs="?",
+        const="full",
+        choices=["none", "selective", "full"],
+        help="activation checkpointing: rerun each block (full, the flag alone) or only its "
+        "cheap ops (selective: keeps matmul and attention outputs)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        help="with --compile: share (0-1] of the activations to keep; torch.compile "
+        "recomputes the cheapest of the rest",
+    )
+    p.add_argument("--ema", type=float, help="EMA decay of evaluated/exported weights")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def add_commands(sub) -> None:
+    train = sub.add_parser("train", help="train one phase").add_subparsers(
+        dest="train_command", required=True
+    )
+    p = train.add_parser("tokenizer", help="phase 1a: the causal masked-autoencoder tokenizer")
+    add_train_flags(p, TOKENIZER_PRESETS)
+    p.add_argument("--lpips", help="perceptual loss: 'lpips' (package) or an exported .pt2 file")
+    p.add_argument(
+        "--patch", type=int, help="patch size (default: the preset's, 8; 4 for frames under 64 px)"
+    )
+    p.add_argument("--latents", type=int, help="latent tokens per frame (default: the preset's)")
+    p.add_argument("--latent-dim", type=int, help="width of each latent (default: the preset's)")
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    p = train.add_parser("dynamics", help="phase 1b: the interactive dynamics model")
+    add_train_flags(p, DYNAMICS_PRESETS)
+    p.add_argument("--tokenizer", required=True, help="tokenizer run folder")
+    add_recipe_flag(p)
+    add_settings_flags(p, DynamicsSettings(), skip=("window",))  # --seq-len sets it
+    p.add_argument(
+        "--long-seq-len", type=int, help="every 8th step's window length (default 2x; 0 = off)"
+    )
+    p.add_argument(
+        "--labelled-frac",
+        type=float,
+        help="keep the actions of this share of the labelled episodes, hide the rest "
+        "(chosen per episode, fixed by --seed; default 1)",
+    )
+    p.set_defaults(func=cmd_train_dynamics)
+
+    p = train.add_parser("agent", help="phase 2: behaviour cloning + reward model (MTP)")
+    add_train_flags(p)
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--world-model", required=True, help="dynamics run folder")
+    add_recipe_flag(p)
+    add_settings_flags(p, AgentSettings())
+    p.set_defaults(func=cmd_train_agent)
+
+    p = train.add_parser("imagination", help="phase 3: PMPO inside the frozen world model")
+    add_train_flags(p)
+    p.add_argument("--run", required=True, help="agent (phase 2) run folder")
+    add_recipe_flag(p)
+    add_settings_flags(p, ImaginationSettings())
+    p.set_defaults(func=cmd_train_imagination)
+
+
+def train_config(args: argparse.Namespace, preset: TrainConfig) -> TrainConfig:
+    """The preset's training defaults, overridden by the flags the user gave."""
+    overrides = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "lr": args.lr,
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "workers": args.workers,
+        "eval_every": args.eval_every,
+        "compile": args.compile or None,
+        "checkpointing": args.checkpointing,
+        "memory_budget": args.memory_budget,
+        "ema": args.ema,
+        "tensorboard": False if args.no_tensorboard else None,
+        "wandb": args.wandb or None,
+    }
+    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    cfg = train_config(args, tokenizer_phase.TRAIN_PRESETS[args.preset])
+    preset = TOKENIZER_PRESETS[args.preset]
+    config = tokenizer_phase.tokenizer_config_for(args.data, preset, cfg.seq_len, args.patch)
+    for flag, value in (("--latents", args.latents), ("--latent-dim", args.latent_dim)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    n, width = args.latents or config.n_latents, args.latent_dim or config.latent_dim
+    config = replace(config, n_latents=n, latent_dim=width)
+
+    def phase(env):
+        made = tokenizer_phase.TokenizerPhase(args.data, config, cfg)
+        if args.lpips:
+            made.model.use_perceptual(load_perceptual(args.lpips).to(env.device))
+        return made
+
+    fit(phase, cfg, args)
+
+
+def cmd_train_dynamics(args: argparse.Namespace) -> None:
+    settings = with_flags(args, recipe(args.recipe).dynamics)
+    cfg = train_config(args, dynamics_phase.TRAIN_PRESETS[args.preset])
+    window = args.seq_len or settings.window or cfg.seq_len
+    long = 2 * window if args.long_seq_len is None else args.long_seq_len
+    cfg = replace(cfg, seq_len=window, long_seq_len=long)
+    if args.labelled_frac is not None:
+        cfg = replace(cfg, labelled_frac=args.labelled_frac)
+
+    def phase(env):
+        if env.main:  # encode once, before the other ranks read the cache
+            encode_dataset(args.data, args.tokenizer, env.device)
+        env.barrier()
+        latents = encode_dataset(args.data, args.tokenizer, env.device)
+        preset = DYNAMICS_PRESETS[args.preset]
+        config = dynamics_phase.dynamics_config_for(latents, preset, settings, window)
+        return dynamics_phase.DynamicsPhase(args.data, args.tokenizer, config, cfg)
+
+    fit(phase, cfg, args)
+
+
+def cmd_train_agent(args: argparse.Namespace) -> None:
+    settings = with_flags(args, recipe(args.recipe).agent)
+    cfg = train_config(args, agent_train_config(args.world_model))
+    fit(lambda env: AgentPhase(args.data, args.world_model, cfg, settings), cfg, args)
+
+
+def cmd_train_imagination(args: argparse.Namespace) -> None:
+    settings = with_flags(args, recipe(args.recipe).imagination)
+    cfg = train_config(args, imagination_train_config(args.run))
+    fit(lambda env: ImaginationPhase(args.run, cfg, settings), cfg, args)
+
+
+def fit(make_phase, cfg: TrainConfig, args: argparse.Namespace) -> dict:
+    """Build the phase in this process's distributed setting, train it, print the results."""
+    env = distributed.setup(args.device)
+    try:
+        results = Trainer(args.out, make_phase(env), cfg, env).fit(resume=args.resume)
+        if env.main:
+            print(f"{args.out}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        return results
+    finally:
+        distributed.teardown()

@@ -1,0 +1,156 @@
+"""Replaying the real environment: our environments replay exactly from an episode's seed and
+its recorded actions, so for a held-out context (an episode's frames s..c) the real env can be
+rebuilt at frame c and driven by other actions. The world-model figures (`eval.dynamics`) and
+the agent's (`eval.control`) compare the models against these real branches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nanodreamer import envs
+from nanodreamer.data import EpisodeStore, split_episodes
+from nanodreamer.data.collect import random_policy
+from nanodreamer.envs.car_racing import frames_skipped
+from nanodreamer.errors import UserError
+from nanodreamer.eval.tokenizer import settle_frames
+
+HORIZONS = (1, 4, 8, 16)
+
+
+class NotReplayable(UserError):
+    """The dataset's env cannot be rebuilt and replayed (not a Gymnasium env we can make, a
+    multi-car race, or no episode long enough with a seed): no counterfactual figures."""
+
+
+@dataclass
+class Context:
+    """Frames s..c of a held-out episode (c = s + context - 1), followed by `horizon` more."""
+
+    episode: int
+    seed: int
+    start: int
+    end: int
+
+
+def pick_contexts(store: EpisodeStore, count: int, context: int, horizon: int, split="val"):
+    """Up to `count` contexts spread over the split's episodes, each followed by `horizon`
+    recorded frames; early in episodes (within 200 frames of the settle frames), which keeps
+    the env replay short. Deterministic."""
+    settle = settle_frames(store)
+    episodes = split_episodes(store, split) or split_episodes(store, "all")
+    per_episode = max(1, -(-count // len(episodes)))
+    contexts = []
+    for index in episodes:
+        entry, length = store.episodes[index], store.episodes[index]["length"]
+        if entry.get("seed") is None or length < context + horizon + 1:
+            continue
+        first = settle if length >= settle + context + horizon + 1 else 0
+        last = min(length - context - horizon - 1, first + 200)
+        for s in np.linspace(first, last, per_episode).round().astype(int):
+            contexts.append(Context(index, entry["seed"], int(s), int(s) + context - 1))
+    if not contexts:
+        raise NotReplayable(
+            f"{store.path}: no replayable {split} episode has {context + horizon + 1} frames "
+            "(episodes need their seed in the manifest and that many frames)"
+        )
+    return contexts[:count]
+
+
+def alternative_actions(env_name: str, action_dim: int, horizon: int, randoms: int, seed=0):
+    """(M, H, A): each dimension held at -1 and at +1 (car racing: full left, full right,
+    brake, full gas), then `randoms` sequences of the env's random data policy."""
+    constant = []
+    for dim in range(action_dim):
+        for value in (-1.0, 1.0):
+            action = np.zeros(action_dim, np.float32)
+            action[dim] = value
+            constant.append(np.broadcast_to(action, (horizon, action_dim)))
+    policy = random_policy(env_name, randoms, action_dim, seed)
+    noise = [policy.act(None, np.zeros(randoms, bool)) for _ in range(horizon)]
+    return np.concatenate([np.stack(constant), np.stack(noise, 1)]).astype(np.float32)
+
+
+class Replay:
+    """Rebuild a real env state from a seed and an action prefix, then branch from it."""
+
+    def __init__(self, store: EpisodeStore):
+        manifest = store.manifest
+        try:
+            self.env = envs.make(manifest["env"], **manifest["env_options"])
+        except UserError as err:
+            raise NotReplayable(f"cannot rebuild {manifest['env']!r} to replay it: {err}") from None
+        if envs.num_streams(self.env) != 1:
+            raise NotReplayable("counterfactual evaluation needs a single-car env")
+
+    def reach(self, seed: int, prefix: np.ndarray) -> np.ndarray:
+        """Reset with `seed` and step the recorded `prefix` (T,A; index 0 is the reset frame's
+        zero action): the env is then in the episode's state at frame T-1, whose frame this
+        returns."""
+        obs, _ = self.env.reset(seed=seed)
+        with frames_skipped(self.env):  # only the last frame is read
+            for action in prefix[1:-1]:
+                self.env.step(action)
+        if len(prefix) > 1:
+            obs, *_ = self.env.step(prefix[-1])
+        return obs
+
+    def branch(self, seed: int, prefix: np.ndarray, actions: np.ndarray) -> dict:
+        """`reach`, then `actions` (H,A). Returns the frame the prefix reaches (`start`), the H
+        frames and rewards after it, and `alive` (H,): the step happened (False once the
+        episode has ended; its frame repeats, its reward is 0)."""
+        start, frames, rewards, alive, done = self.reach(seed, prefix), [], [], [], False
+        for action in actions:
+            if not done:
+                obs, reward, terminated, truncated, _ = self.env.step(action)
+            frames.append(obs)
+            rewards.append(0.0 if done else float(reward))
+            alive.append(not done)
+            done = done or terminated or truncated
+        return {
+            "start": start,
+            "frames": np.stack(frames),
+            "rewards": np.array(rewards),
+            "alive": np.array(alive),
+        }
+
+
+def real_branches(store: EpisodeStore, contexts: list[Context], alternatives: np.ndarray):
+    """The real env under each alternative after each context: frames (N,M,H,H,W,C) uint8,
+    rewards and alive (N,M,H). Refuses an env that does not replay its own episodes."""
+    replay = Replay(store)
+    out = {"frames": [], "rewards": [], "alive": []}
+    for ctx in contexts:
+        episode = store.load(ctx.episode, ("obs", "action"))
+        prefix = episode["action"][: ctx.end + 1]
+        branches = [replay.branch(ctx.seed, prefix, actions) for actions in alternatives]
+        if not np.array_equal(branches[0]["start"], episode["obs"][ctx.end]):
+            raise UserError(
+                f"replaying episode {store.episodes[ctx.episode]['file']} from its seed and "
+                "actions does not reproduce its frames: the env is not deterministic"
+            )
+        for key in out:
+            out[key].append(np.stack([b[key] for b in branches]))
+    replay.env.close()
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def context_batch(store: EpisodeStore, contexts: list[Context], horizon: int) -> dict:
+    """Context frames (N,C,H,W,C) uint8, their actions and is_first, and the recorded actions
+    of the `horizon` frames after them (N,H,A)."""
+    rows = []
+    for ctx in contexts:
+        ep = store.load(ctx.episode, ("obs", "action", "is_first"))
+        window = slice(ctx.start, ctx.end + 1)
+        rows.append(
+            {
+                "obs": ep["obs"][window],
+                "action": ep["action"][window],
+                "is_first": ep["is_first"][window],
+                "future": ep["action"][ctx.end + 1 : ctx.end + 1 + horizon],
+            }
+        )
+    return {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in rows[0]}

@@ -1,0 +1,112 @@
+"""Recipes: the settings of the whole pipeline as typed configs, with one home for defaults.
+
+Every field's default is the value of the car-racing recipe, the one that drives
+(bench/RESULTS.md, "Agents"); a named recipe in `RECIPES` overrides some of them, as
+dreamerv3's configs.yaml keeps `defaults` plus named overlays. `rounds --recipe NAME`, `demo`
+and `train dynamics|agent|imagination --recipe NAME` all read their settings from here, and
+every field is also a flag of the commands that use it (`cli.flags`: its name, its type, its
+help from `knob`), so a setting is written down once.
+
+    RoundsConfig              rounds of collect -> train -> evaluate (`pipeline.run_rounds`)
+      .collect   EnvSettings          how episodes are collected (`envs.make` options)
+      .dynamics  DynamicsSettings     phase 1b (`train dynamics`)
+      .agent     AgentSettings        phase 2 (`train agent`)
+      .imagination ImaginationSettings phase 3 (`train imagination`)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from nanodreamer.errors import UserError
+
+PRESETS = ("tiny", "small", "base")
+
+
+def knob(default, help: str, choices: tuple | None = None):
+    """A config field with the help text (and choices) its command-line flag shows."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class EnvSettings:
+    action_repeat: int = knob(8, "env frames per decision")
+    max_episode_steps: int | None = knob(400, "cap collected episodes, in frames")
+    max_gas: float | None = knob(0.2, "car-racing: gas at full throttle (a speed cap)")
+
+    def options(self, env: str) -> dict:
+        """`envs.make` options for `env`: unset ones left out, the gas cap car racing's alone."""
+        given = {k: v for k, v in vars(self).items() if v is not None}
+        return {k: v for k, v in given.items() if env == "car-racing" or k != "max_gas"}
+
+
+@dataclass
+class DynamicsSettings:
+    window: int | None = knob(8, "context in decisions = training window (none: the preset's)")
+    action_bins: int | None = knob(8, "bins per continuous action dimension (none: 32)")
+    rollout_frac: float = knob(1.0, "windows whose second half reads the model's own rollout")
+    independent_frac: float = knob(0.3, "windows trained as separate images")
+
+
+@dataclass
+class AgentSettings:
+    value_gamma: float | None = knob(
+        0.9, "also fit the value to the data's returns with this discount (none: off)"
+    )
+
+
+@dataclass
+class ImaginationSettings:
+    horizon: int = knob(3, "imagined decisions per rollout")
+    gamma: float = knob(0.9, "discount")
+    beta: float = knob(0.1, "weight of KL[policy || prior]")
+    sampling_steps: int = knob(2, "shortcut steps per imagined frame")
+    value_warmup: int = knob(50, "first updates train the value alone")
+    prior: str = knob(
+        "data",
+        "the policy's start and KL prior: the data's action frequencies or the BC policy",
+        ("data", "bc"),
+    )
+
+
+@dataclass
+class RoundsConfig:
+    env: str = knob("car-racing", "environment")
+    rounds: int = knob(2, "rounds, round 0 included")
+    first_episodes: int = knob(100, "random episodes before round 0")
+    episodes_per_round: int = knob(50, "episodes added before each later round")
+    random_share: float = knob(0.2, "of those, random-policy ones")
+    first_minutes: float | None = knob(75.0, "round 0's training budget (none: --minutes)")
+    minutes: float = knob(40.0, "training budget of each later round")
+    eval_episodes: int = knob(10, "evaluation episodes: full length, fresh seeds")
+    workers: int = knob(2, "parallel collection envs")
+    preset: str | None = knob(None, "model sizes (none: tiny on a CPU, small on a GPU)", PRESETS)
+    collect: EnvSettings = field(default_factory=EnvSettings)
+    dynamics: DynamicsSettings = field(default_factory=DynamicsSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    imagination: ImaginationSettings = field(default_factory=ImaginationSettings)
+
+
+RECIPES = {
+    "car-racing": RoundsConfig(),
+    # the dot world of the end-to-end test: a fresh action every step, 50-step episodes
+    "dot": RoundsConfig(
+        env="dot",
+        collect=EnvSettings(action_repeat=1, max_episode_steps=None, max_gas=None),
+        dynamics=DynamicsSettings(
+            window=4, action_bins=None, rollout_frac=0.0, independent_frac=0.0
+        ),
+        agent=AgentSettings(value_gamma=None),
+        imagination=ImaginationSettings(
+            horizon=8, gamma=0.9, beta=0.03, sampling_steps=2, value_warmup=0, prior="bc"
+        ),
+    ),
+}
+
+
+def recipe(name: str) -> RoundsConfig:
+    """A copy of the named recipe (its settings can change without touching `RECIPES`)."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}: use one of {', '.join(RECIPES)}")
+    return copy.deepcopy(RECIPES[name])
