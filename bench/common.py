@@ -68,11 +68,12 @@ def commit() -> str:
 
 
 def update_results(section: str, body: str) -> None:
-    """Replace (or append) the section `## {section}` of bench/RESULTS.md with `body`."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"## {section}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = (
-        pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text + "\n" + block
-    )
+    """Replace (or append) the section `### {section}` (or `## {section}`) of bench/RESULTS.md
+    with `body`, keeping its heading level."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
+    pattern = re.compile(rf"^(#{{2,3}}) {re.escape(section)}\n.*?(?=^#{{2,3}} |\Z)", re.S | re.M)
+    found = pattern.search(text)
+    level = found.group(1) if found else "##"
+    block = f"{level} {section}\n\n{body.strip()}\n"
+    text = pattern.sub(lambda _: block + "\n", text) if found else text + "\n" + block
     RESULTS.write_text(text.rstrip() + "\n")

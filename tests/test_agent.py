@@ -194,6 +194,26 @@ def agent_runs(tmp_path_factory):
     return root
 
 
+def test_phases_trained_by_hand_get_the_driving_recipe(agent_runs, tmp_path):
+    """`train dynamics|agent|imagination` with no setting flags: the car-racing recipe's
+    settings, as `rounds` gives them; a flag changes only its own setting."""
+    from dataclasses import asdict
+
+    from nanodreamer.recipes import RECIPES
+    from nanodreamer.runs import read_run
+
+    car = RECIPES["car-racing"]
+    world = read_run(agent_runs / "dyn")["model_config"]
+    assert (world["action_bins"], world["rollout_frac"]) == (8, car.dynamics.rollout_frac)
+    assert read_run(agent_runs / "agent")["value_gamma"] == car.agent.value_gamma
+    cli(f"train imagination --run {agent_runs}/agent --out {tmp_path}/im --steps 1")
+    cli(f"train imagination --run {agent_runs}/agent --out {tmp_path}/h2 --steps 1 --horizon 2")
+    for run, changed in (("im", {}), ("h2", {"horizon": 2})):
+        settings = read_run(tmp_path / run)["imagination"]
+        expected = asdict(car.imagination) | changed
+        assert {k: settings[k] for k in expected} == expected
+
+
 def test_phase3_trains_only_policy_and_value(agent_runs, tmp_path):
     from nanodreamer.runs import load_agent
     from nanodreamer.train.distributed import Distributed
