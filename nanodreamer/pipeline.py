@@ -1,38 +1,20 @@
 """Rounds of collect -> train -> evaluate in one folder: `nanodreamer rounds`, and
-`nanodreamer demo` (one budgeted call of it, with a summary).
-
-    OUT/data/                one dataset: random episodes, then each round's own episodes
-    OUT/frames/              with an action repeat: every frame round 0's collection stepped
-                             through (all repeats, action-free), the tokenizer's data: 8x the
-                             distinct images at action repeat 8 for no extra env steps
-    OUT/tokenizer/           trained in round 0, then frozen: the latents it gives never
-                             change, so a later round only encodes its new episodes
-    OUT/round_R/dynamics/    R > 0: continues round R-1's weights on the grown dataset
-    OUT/round_R/agent/       BC + reward heads on the round's world model (continues R-1's)
-    OUT/round_R/imagination/ PMPO in the round's world model (continues R-1's policy, value)
-    OUT/round_R/dynamics.json, imagination.gif
-                             the round's world model measured (`eval dynamics`)
-    OUT/round_R/eval.json    real-env returns of the imagination policy, its BC policy and
-                             random, on the same fresh seeds, full-length episodes; the
-                             imagination policy acts as chosen on other seeds (`acting`)
-    OUT/rounds.json, OUT/learning_curve.png
+`nanodreamer demo` (one budgeted call of it, with a summary). The folder's layout and the
+figures it writes: docs/commands.md ("rounds") and docs/evaluation.md.
 
 Before round R > 0 the dataset grows by `episodes_per_round` episodes: a `random_share` of them
 from the random policy (exploration the policy does not choose), the rest from round R-1's
 imagination policy acting as it is evaluated, so the world model learns the states that
-policy reaches.
+policy reaches. The tokenizer trains in round 0 (on every frame the collection stepped
+through, with an action repeat) and then stays frozen, so later rounds only encode their new
+episodes; each later phase continues round R-1's weights.
 
 How the imagination policy acts is chosen per round on validation episodes (full length, on
 seeds apart from the evaluation's and every collection's, half the evaluation's count each
-way): greedily (each action dimension's most likely bin) or by sampling its actions,
-whichever returns more. Neither wins everywhere (bench/log/acting-mode.md): on a world
-model that gives a driver the greedy policy drives better; on one that does not, it repeats
-one bad action (a circle, a brake) that sampling escapes. Choosing on the evaluation's own
-seeds would inflate the figure; the validation episodes' frames are reported
-(`acting_frames`) and count as collected.
-A phase that finished (its run.json says so) is skipped and an interrupted one resumes its
-checkpoint; written figures (dynamics.json, eval.json) are kept; collection tops the dataset
-up to its round's size. So a killed run, rerun, continues where it stopped.
+way): greedily or by sampling, whichever returns more. Neither wins everywhere
+(bench/log/acting-mode.md); choosing on the evaluation's own seeds would inflate the figure.
+A finished phase (its run.json says so) is skipped, an interrupted one resumes its checkpoint,
+written figures are kept, and collection tops the dataset up: a killed run, rerun, continues.
 """
 
 from __future__ import annotations

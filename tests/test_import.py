@@ -229,10 +229,7 @@ def test_labelled_frac_recorded_and_hides_actions(tmp_path):
     from conftest import cli
 
     data = collect("dot", tmp_path / "data", 4, seed=0, progress=False).path
-    cli(f"train tokenizer --data {data} --out {tmp_path}/tok --steps 1 --patch 4 --latents 2 "
-        "--latent-dim 8")  # fmt: skip
-    tokenizer = json.loads((tmp_path / "tok" / "run.json").read_text())["model_config"]
-    assert (tokenizer["n_latents"], tokenizer["latent_dim"]) == (2, 8)
+    cli(f"train tokenizer --data {data} --out {tmp_path}/tok --steps 1")
     cli(f"train dynamics --data {data} --tokenizer {tmp_path}/tok --out {tmp_path}/dyn "
         "--steps 1 --seq-len 4 --labelled-frac 0.5")  # fmt: skip
     run = json.loads((tmp_path / "dyn" / "run.json").read_text())

@@ -177,14 +177,11 @@ def test_presets_build():
     assert TOKENIZER_PRESETS["base"].n_latents == 64 and TOKENIZER_PRESETS["base"].dim == 256
 
 
-@pytest.mark.parametrize(
-    "size, patch, expected",
-    [(96, None, (8, 16, 0.9)), (16, None, (4, 4, 0.5)), (16, 2, (2, 16, 0.5))],
-)
-def test_config_sized_to_the_frames(tmp_path, size, patch, expected):
+@pytest.mark.parametrize("size, expected", [(96, (8, 16, 0.9)), (16, (4, 4, 0.5))])
+def test_config_sized_to_the_frames(tmp_path, size, expected):
     """(patch, n_latents, mask_max) of the tiny preset on frames of `size` pixels."""
     data = make_store(tmp_path / "data", [5], size=size).path
-    config = tokenizer_config_for(data, TOKENIZER_PRESETS["tiny"], window=4, patch=patch)
+    config = tokenizer_config_for(data, TOKENIZER_PRESETS["tiny"], window=4)
     assert (config.patch, config.n_latents, config.mask_max) == expected
     assert (config.image_size, config.channels, config.window) == (size, 3, 4)
 

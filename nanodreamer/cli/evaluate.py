@@ -29,31 +29,13 @@ def add_commands(sub) -> None:
         dest="eval_command", required=True
     )
     p = evaluate.add_parser("tokenizer", help="reconstruction PSNR and SSIM on validation data")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--windows", type=int, default=32, help="validation windows to score")
-    add_split_flag(p)
-    p.add_argument(
-        "--gif",
-        help="default RUN/eval_reconstruction.gif (training writes RUN/reconstruction.gif)",
-    )
-    p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
+    add_run_flags(p, windows=32, gif="reconstruction")
     p.set_defaults(func=cmd_eval_tokenizer)
 
     p = evaluate.add_parser("dynamics", help="open-loop rollout PSNR, baselines, frames/s")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", required=True)
+    add_run_flags(p, windows=16, gif="imagination")
     p.add_argument("--context", type=int, help="real context frames (default min(8, window-1))")
-    p.add_argument("--windows", type=int, default=16)
-    add_split_flag(p)
     p.add_argument("--steps", type=int, default=4, help="sampling steps K per frame")
-    p.add_argument(
-        "--gif",
-        help="default RUN/eval_imagination.gif (training writes RUN/imagination.gif)",
-    )
-    p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_dynamics)
 
     p = evaluate.add_parser("agent", help="return in the real env beside a random policy")
@@ -97,6 +79,17 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
     p.set_defaults(func=cmd_imagine)
+
+
+def add_run_flags(p: argparse.ArgumentParser, windows: int, gif: str) -> None:
+    """A run scored on a dataset's held-out windows, with a GIF and a JSON option."""
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--windows", type=int, default=windows, help="validation windows to score")
+    add_split_flag(p)
+    p.add_argument("--gif", help=f"default RUN/eval_{gif}.gif (training writes RUN/{gif}.gif)")
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
 
 
 def device_of(args: argparse.Namespace) -> str:

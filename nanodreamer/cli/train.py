@@ -10,7 +10,6 @@ from dataclasses import replace
 from nanodreamer.cli.flags import add_recipe_flag, add_settings_flags, with_flags
 from nanodreamer.data.latents import encode_dataset
 from nanodreamer.dynamics import DYNAMICS_PRESETS
-from nanodreamer.errors import UserError
 from nanodreamer.recipes import AgentSettings, DynamicsSettings, ImaginationSettings, recipe
 from nanodreamer.tokenizer import TOKENIZER_PRESETS, load_perceptual
 from nanodreamer.train import distributed
@@ -65,11 +64,6 @@ def add_commands(sub) -> None:
     p = train.add_parser("tokenizer", help="phase 1a: the causal masked-autoencoder tokenizer")
     add_train_flags(p, TOKENIZER_PRESETS)
     p.add_argument("--lpips", help="perceptual loss: 'lpips' (package) or an exported .pt2 file")
-    p.add_argument(
-        "--patch", type=int, help="patch size (default: the preset's, 8; 4 for frames under 64 px)"
-    )
-    p.add_argument("--latents", type=int, help="latent tokens per frame (default: the preset's)")
-    p.add_argument("--latent-dim", type=int, help="width of each latent (default: the preset's)")
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = train.add_parser("dynamics", help="phase 1b: the interactive dynamics model")
@@ -128,12 +122,7 @@ def train_config(args: argparse.Namespace, preset: TrainConfig) -> TrainConfig:
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     cfg = train_config(args, tokenizer_phase.TRAIN_PRESETS[args.preset])
     preset = TOKENIZER_PRESETS[args.preset]
-    config = tokenizer_phase.tokenizer_config_for(args.data, preset, cfg.seq_len, args.patch)
-    for flag, value in (("--latents", args.latents), ("--latent-dim", args.latent_dim)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    n, width = args.latents or config.n_latents, args.latent_dim or config.latent_dim
-    config = replace(config, n_latents=n, latent_dim=width)
+    config = tokenizer_phase.tokenizer_config_for(args.data, preset, cfg.seq_len)
 
     def phase(env):
         made = tokenizer_phase.TokenizerPhase(args.data, config, cfg)

@@ -66,19 +66,17 @@ class TokenizerPhase:
         return {"model_config": asdict(self.config), "data": str(Path(self.data).resolve())}
 
 
-def tokenizer_config_for(
-    data: str | Path, preset: TokenizerConfig, window: int, patch: int | None = None
-) -> TokenizerConfig:
+def tokenizer_config_for(data: str | Path, preset: TokenizerConfig, window: int) -> TokenizerConfig:
     """The preset, sized to the dataset's frames.
 
-    Frames under 64 pixels get 4-pixel patches (unless `patch` says otherwise), at most one
-    latent per 4 patches (a 16x16 frame: 16 patches, 4 latents) and masking of at most half
-    the patches. A small code lets the dynamics model learn a tiny scene's motion in minutes;
-    with only 16 patches, masking up to 90% leaves too little of the frame to learn from."""
+    Frames under 64 pixels get 4-pixel patches, at most one latent per 4 patches (a 16x16
+    frame: 16 patches, 4 latents) and masking of at most half the patches. A small code lets
+    the dynamics model learn a tiny scene's motion in minutes; with only 16 patches, masking up
+    to 90% leaves too little of the frame to learn from."""
     height, _, channels = EpisodeStore(data).manifest["obs_shape"]
     config = replace(preset, image_size=height, channels=channels, window=window)
     if height >= 64:
-        return replace(config, patch=patch) if patch else config
-    patch = patch or 4
+        return config
+    patch = 4
     latents = min(preset.n_latents, max(1, (height // patch) ** 2 // 4))
     return replace(config, patch=patch, n_latents=latents, mask_max=min(preset.mask_max, 0.5))
