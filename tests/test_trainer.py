@@ -245,7 +245,8 @@ def test_memory_flags_reach_the_train_config():
         return train_config(build_parser().parse_args(words), TRAIN_PRESETS["tiny"])
 
     assert (parse().checkpointing, parse().memory_budget, parse().compile) == ("none", 1.0, False)
-    assert parse("--checkpointing").checkpointing == "full"
+    assert parse("--checkpointing", "full").checkpointing == "full"
+    assert (parse("--no-tensorboard").tensorboard, parse("--wandb").wandb) == (False, True)
     assert parse("--checkpointing", "selective").checkpointing == "selective"
     cfg = parse("--compile", "--memory-budget", "0.5")
     assert (cfg.compile, cfg.memory_budget) == (True, 0.5)

@@ -9,7 +9,7 @@ from dataclasses import fields, is_dataclass, replace
 from nanodreamer.errors import UserError
 from nanodreamer.recipes import RECIPES
 
-TYPES = {"int": int, "float": float, "str": str}
+TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def field_type(annotation: str):
@@ -28,23 +28,24 @@ def field_type(annotation: str):
 def add_settings_flags(
     parser: argparse.ArgumentParser, settings, skip=(), show=True, prefix=""
 ) -> None:
-    """One `--field-name` per field of the dataclass `settings` (nested ones flattened), stored
-    under its place ("field" or "section.field") only when given; `show` adds the value of
-    `settings` (the car-racing recipe's) to the help."""
+    """One `--field-name` per `knob` field of the dataclass `settings` (nested ones flattened;
+    a bool also gets `--no-field-name`), stored under its place ("field" or "section.field")
+    only when given; `show` adds the value of `settings` (the car-racing recipe's) to the help."""
     for f in fields(settings):
         value = getattr(settings, f.name)
         if is_dataclass(value):
             add_settings_flags(parser, value, skip, show, f"{prefix}{f.name}.")
-        elif f.name not in skip:
-            help_text = f.metadata["help"] + (f" (car-racing: {value})" if show else "")
+        elif "help" in f.metadata and f.name not in skip:
+            kind, choices = field_type(f.type), f.metadata["choices"]
+            typed = {"action": argparse.BooleanOptionalAction} if kind is bool else {
+                "type": kind, "choices": choices, "metavar": None if choices else f.name.upper()
+            }  # fmt: skip
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=prefix + f.name,
-                type=field_type(f.type),
-                choices=f.metadata["choices"],
-                metavar=None if f.metadata["choices"] else f.name.upper(),
                 default=argparse.SUPPRESS,
-                help=help_text,
+                help=f.metadata["help"] + (f" (car-racing: {value})" if show else ""),
+                **typed,
             )
 
 

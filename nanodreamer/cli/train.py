@@ -21,39 +21,14 @@ from nanodreamer.train.trainer import TrainConfig, Trainer
 
 
 def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
+    """The run folder, the preset (phase 1) and every `TrainConfig` knob (default: the
+    preset's or the phase's own)."""
     p.add_argument("--out", required=True, help="run folder")
     if presets:
         p.add_argument("--data", required=True, help="dataset folder")
         p.add_argument("--preset", choices=list(presets), default="tiny")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument(
-        "--seq-len", type=int, help="frames per training window (dynamics: the recipe's window)"
-    )
-    p.add_argument("--lr", type=float)
-    p.add_argument("--minutes", type=float, help="time budget; the LR schedule follows it")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="data loader processes")
-    p.add_argument("--eval-every", type=int)
+    add_settings_flags(p, TrainConfig(), show=False)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    p.add_argument(
-        "--checkpointing",
-        nargs="?",
-        const="full",
-        choices=["none", "selective", "full"],
-        help="activation checkpointing: rerun each block (full, the flag alone) or only its "
-        "cheap ops (selective: keeps matmul and attention outputs)",
-    )
-    p.add_argument(
-        "--memory-budget",
-        type=float,
-        help="with --compile: share (0-1] of the activations to keep; torch.compile "
-        "recomputes the cheapest of the rest",
-    )
-    p.add_argument("--ema", type=float, help="EMA decay of evaluated/exported weights")
-    p.add_argument("--no-tensorboard", action="store_true")
-    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
 
@@ -100,23 +75,7 @@ def add_commands(sub) -> None:
 
 def train_config(args: argparse.Namespace, preset: TrainConfig) -> TrainConfig:
     """The preset's training defaults, overridden by the flags the user gave."""
-    overrides = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
-        "lr": args.lr,
-        "minutes": args.minutes,
-        "seed": args.seed,
-        "workers": args.workers,
-        "eval_every": args.eval_every,
-        "compile": args.compile or None,
-        "checkpointing": args.checkpointing,
-        "memory_budget": args.memory_budget,
-        "ema": args.ema,
-        "tensorboard": False if args.no_tensorboard else None,
-        "wandb": args.wandb or None,
-    }
-    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+    return with_flags(args, preset)
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
@@ -136,7 +95,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 def cmd_train_dynamics(args: argparse.Namespace) -> None:
     settings = with_flags(args, recipe(args.recipe).dynamics)
     cfg = train_config(args, dynamics_phase.TRAIN_PRESETS[args.preset])
-    window = args.seq_len or settings.window or cfg.seq_len
+    window = getattr(args, "seq_len", None) or settings.window or cfg.seq_len
     long = 2 * window if args.long_seq_len is None else args.long_seq_len
     cfg = replace(cfg, seq_len=window, long_seq_len=long)
     if args.labelled_frac is not None:

@@ -28,35 +28,45 @@ from nanodreamer.data import WindowDataset, window_loader
 from nanodreamer.data.sampler import labelled_episodes
 from nanodreamer.errors import UserError
 from nanodreamer.nn.transformer import CHECKPOINTING, AxialTransformer
+from nanodreamer.recipes import knob
 from nanodreamer.train.distributed import Distributed, max_over_ranks, mean_over_ranks
 from nanodreamer.train.logger import MetricsLogger
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 8
-    seq_len: int = 8
+    """A phase's training settings; a field made with `knob` is also a `train` flag."""
+
+    steps: int = knob(1000, "optimizer steps")
+    batch_size: int = knob(8, "windows per step, per process")
+    seq_len: int = knob(8, "frames per training window (dynamics: the recipe's window)")
     long_seq_len: int = 0  # > 0: every long_every-th step trains on windows this long
     long_every: int = 8
     labelled_frac: float = 1.0  # < 1: hide the actions of the other labelled episodes
-    lr: float = 1e-3
+    lr: float = knob(1e-3, "peak learning rate")
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     warmup: int = 100
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    minutes: float | None = None  # time budget: stop then; the schedule follows time
-    eval_every: int = 250
+    minutes: float | None = knob(None, "time budget: stop then; the LR schedule follows it")
+    eval_every: int = knob(250, "steps between evaluations")
     save_every: int = 250
     log_every: int = 10
-    seed: int = 0
-    workers: int = 2
-    compile: bool = False
-    checkpointing: str = "none"  # activation checkpointing: none, selective or full
-    memory_budget: float = 1.0  # with compile: keep this share of activations, recompute the rest
-    ema: float = 0.0  # EMA decay of the weights used for evaluation and export; 0 = off
-    tensorboard: bool = True
-    wandb: bool = False
+    seed: int = knob(0, "initialisation and data order")
+    workers: int = knob(2, "data loader processes")
+    compile: bool = knob(False, "torch.compile the training step")
+    checkpointing: str = knob(
+        "none",
+        "activation checkpointing: rerun each block (full) or only its cheap ops (selective: "
+        "keeps matmul and attention outputs)",
+        tuple(CHECKPOINTING),
+    )
+    memory_budget: float = knob(
+        1.0, "with --compile: share (0-1] of the activations to keep, recompute the rest"
+    )
+    ema: float = knob(0.0, "EMA decay of the weights evaluated and exported (0: off)")
+    tensorboard: bool = knob(True, "TensorBoard logs")
+    wandb: bool = knob(False, "log to Weights & Biases")
 
 
 def window_batches(
