@@ -50,13 +50,13 @@ def add_settings_flags(
 
 
 def with_flags(args: argparse.Namespace, settings, prefix=""):
-    """`settings` (a dataclass) with every field whose flag was given set to its value."""
+    """`settings` (a dataclass) with every knob whose flag was given set to its value."""
     changes = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
         if is_dataclass(value):
             changes[f.name] = with_flags(args, value, f"{prefix}{f.name}.")
-        elif hasattr(args, prefix + f.name):
+        elif "help" in f.metadata and hasattr(args, prefix + f.name):  # a knob's flag, given
             changes[f.name] = getattr(args, prefix + f.name)
     return replace(settings, **changes)
 
