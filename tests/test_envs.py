@@ -123,6 +123,22 @@ def test_bad_env_names_and_spaces():
         envs.make("NoPixels-v0")
 
 
+def test_a_plugin_module_registers_its_id_before_the_env_is_made(tmp_path, monkeypatch):
+    """Gymnasium's `module:EnvId` form: the module is imported (and registers), then the id made."""
+    (tmp_path / "dot_plugin.py").write_text(
+        "import gymnasium\n"
+        "gymnasium.register('Plugin/Dot-v0', 'nanodreamer.envs.dot:DotEnv', max_episode_steps=9)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="unknown environment 'Plugin/Dot-v0'"):
+        envs.make("Plugin/Dot-v0")  # not registered until its module is imported
+    env = envs.make("dot_plugin:Plugin/Dot-v0")
+    assert env.reset(seed=0)[0].shape == (16, 16, 3) and env.spec.max_episode_steps == 9
+    env.close()
+    with pytest.raises(UserError, match="cannot import 'no_such_plugin'"):
+        envs.make("no_such_plugin:Some-v0")
+
+
 class NoPixels(gym.Env):
     observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
     action_space = gym.spaces.Discrete(2)

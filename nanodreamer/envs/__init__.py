@@ -5,7 +5,7 @@ Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), "multi-c
 (`num_cars` cars on one track: observations (N,H,W,C), actions (N,2), rewards (N,); each car's
 stream is one episode in a dataset), "dot" (16x16: steer a dot to a target on a grid; the CPU-scale
 end-to-end test bed), or any Gymnasium id whose observations are images or that renders
-`rgb_array` frames (resized to `resolution`).
+`rgb_array` frames (resized to `resolution`), also in Gymnasium's `module:EnvId` form.
 
 Every env is built by `gymnasium.make` (ours are registered as `nanodreamer/Dot-v0` and
 `nanodreamer/MultiCarRacing-v0`) and every wrapper records its arguments, so `env.spec`
@@ -16,6 +16,7 @@ and actions (what a Minari dataset stores to recreate its env).
 from __future__ import annotations
 
 import functools
+import importlib
 
 import gymnasium as gym
 import numpy as np
@@ -90,10 +91,18 @@ def action_bins(env: gym.Env) -> list[int] | None:
 
 
 def _make_gym(name: str, options: dict) -> gym.Env:
-    if name not in gym.registry:
+    """A Gymnasium id, or Gymnasium's `module:EnvId` form: the module (a plugin such as ale_py)
+    is imported first, so that it registers its ids."""
+    module, _, env_id = name.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise UserError(f"cannot import {module!r} for environment {name!r}: {err}") from None
+    if env_id not in gym.registry:
         known = ", ".join(sorted(NAMED))
         raise UserError(f"unknown environment {name!r}: use one of {known} or a Gymnasium id")
-    env = gym.make(name, **options)
+    env = gym.make(env_id, **options)
     if _is_image_space(env.observation_space):
         return env
     if "rgb_array" not in env.metadata.get("render_modes", []):
@@ -103,7 +112,7 @@ def _make_gym(name: str, options: dict) -> gym.Env:
             "pick an environment with pixel observations"
         )
     env.close()
-    env = gym.make(name, render_mode="rgb_array", **options)
+    env = gym.make(env_id, render_mode="rgb_array", **options)
     return gym.wrappers.AddRenderObservation(env, render_only=True)
 
 
