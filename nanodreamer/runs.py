@@ -65,13 +65,15 @@ def load_checkpoint(run: Path) -> dict:
 def export_weights(run: Path, model: nn.Module, info: dict) -> None:
     """Weights as safetensors, with run.json's content as metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"run": json.dumps(info)}
-    atomic_write(run / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _save_weights(run, tensors, info)
 
 
 def copy_weights(source: str | Path, run: Path, info: dict) -> None:
     """A run's weights into folder `run`, with `info` (its new run.json) as their metadata."""
-    tensors = load_file(Path(source) / WEIGHTS)
+    _save_weights(run, load_file(Path(source) / WEIGHTS), info)
+
+
+def _save_weights(run: Path, tensors: dict, info: dict) -> None:
     metadata = {"run": json.dumps(info)}
     atomic_write(run / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

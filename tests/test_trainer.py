@@ -237,12 +237,12 @@ def test_memory_options_refused(data, tmp_path, options, message):
 
 def test_memory_flags_reach_the_train_config():
     from nanodreamer.cli import build_parser
-    from nanodreamer.cli.train import train_config
+    from nanodreamer.cli.flags import with_flags
     from nanodreamer.train.tokenizer import TRAIN_PRESETS
 
     def parse(*flags):
         words = ["train", "tokenizer", "--data", "d", "--out", "o", *flags]
-        return train_config(build_parser().parse_args(words), TRAIN_PRESETS["tiny"])
+        return with_flags(build_parser().parse_args(words), TRAIN_PRESETS["tiny"])
 
     assert (parse().checkpointing, parse().memory_budget, parse().compile) == ("none", 1.0, False)
     assert parse("--checkpointing", "full").checkpointing == "full"

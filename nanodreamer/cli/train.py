@@ -73,13 +73,8 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_train_imagination)
 
 
-def train_config(args: argparse.Namespace, preset: TrainConfig) -> TrainConfig:
-    """The preset's training defaults, overridden by the flags the user gave."""
-    return with_flags(args, preset)
-
-
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
-    cfg = train_config(args, tokenizer_phase.TRAIN_PRESETS[args.preset])
+    cfg = with_flags(args, tokenizer_phase.TRAIN_PRESETS[args.preset])
     preset = TOKENIZER_PRESETS[args.preset]
     config = tokenizer_phase.tokenizer_config_for(args.data, preset, cfg.seq_len)
 
@@ -94,7 +89,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
 def cmd_train_dynamics(args: argparse.Namespace) -> None:
     settings = with_flags(args, recipe(args.recipe).dynamics)
-    cfg = train_config(args, dynamics_phase.TRAIN_PRESETS[args.preset])
+    cfg = with_flags(args, dynamics_phase.TRAIN_PRESETS[args.preset])
     window = getattr(args, "seq_len", None) or settings.window or cfg.seq_len
     long = 2 * window if args.long_seq_len is None else args.long_seq_len
     cfg = replace(cfg, seq_len=window, long_seq_len=long)
@@ -115,13 +110,13 @@ def cmd_train_dynamics(args: argparse.Namespace) -> None:
 
 def cmd_train_agent(args: argparse.Namespace) -> None:
     settings = with_flags(args, recipe(args.recipe).agent)
-    cfg = train_config(args, agent_train_config(args.world_model))
+    cfg = with_flags(args, agent_train_config(args.world_model))
     fit(lambda env: AgentPhase(args.data, args.world_model, cfg, settings), cfg, args)
 
 
 def cmd_train_imagination(args: argparse.Namespace) -> None:
     settings = with_flags(args, recipe(args.recipe).imagination)
-    cfg = train_config(args, imagination_train_config(args.run))
+    cfg = with_flags(args, imagination_train_config(args.run))
     fit(lambda env: ImaginationPhase(args.run, cfg, settings), cfg, args)
 
 

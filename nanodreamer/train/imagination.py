@@ -188,8 +188,8 @@ class ImaginationPhase:
         keep = imagination_starts(batch)
         batch = {k: v[keep][:8] for k, v in batch.items()}
         device = batch["latents"].device
+        c = self.settings
         with seeded(0):
-            c = self.settings
             rollout = imagine_rollouts(model, batch, c.horizon, c.sampling_steps)
         reward = transition_rewards(model.heads, rollout["states"])
         tokenizer = load_tokenizer(self.info["tokenizer"], device)
