@@ -26,6 +26,7 @@ from pathlib import Path
 from nanodreamer.data import EpisodeStore, collect, summarize
 from nanodreamer.data.latents import encode_dataset
 from nanodreamer.dynamics import DYNAMICS_PRESETS
+from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import AgentPolicy, evaluate_agent
 from nanodreamer.eval.control import control_figures
 from nanodreamer.eval.dynamics import evaluate_dynamics
@@ -74,24 +75,34 @@ def round_dir(out: Path, r: int) -> Path:
 
 
 def _collect(data: Path, c: RoundsConfig, r: int) -> None:
-    """Top the dataset up to its size at round r: `first_episodes` random ones before round 0;
-    before each later round a random share, then the previous round's policy."""
-    have = len(EpisodeStore(data)) if (data / "manifest.json").exists() else 0
-    if r == 0:
-        need_random, need_policy = c.first_episodes - have, 0
-    else:
-        added = have - c.first_episodes - (r - 1) * c.episodes_per_round
-        randoms = round(c.random_share * c.episodes_per_round)
-        need_random, need_policy = randoms - added, c.episodes_per_round - max(added, randoms)
+    """Top the dataset up to its size at round r, in episodes or, with `first_steps`, agent
+    steps: `first_*` random ones before round 0; before each later round a random share of
+    the round's, the rest from the previous round's policy."""
+    by_steps = c.first_steps is not None
+    first, per = (c.first_steps, c.steps_per_round) if by_steps else (
+        c.first_episodes, c.episodes_per_round)  # fmt: skip
+    if by_steps and per is None:
+        raise UserError("--first-steps needs --steps-per-round")
+    entries = EpisodeStore(data).episodes if (data / "manifest.json").exists() else []
+    size = (lambda e: e["length"] - 1) if by_steps else (lambda e: 1)  # noqa: E731
+    have_random = sum(size(e) for e in entries if e.get("policy", "random") == "random")
+    have_policy = sum(size(e) for e in entries) - have_random
+    randoms = round(c.random_share * per) if r else 0
+    need_random = first + r * randoms - have_random
+    need_policy = r * (per - randoms) - have_policy
     options = {"workers": c.workers, "env_options": c.collect.options(c.env), "seed": r}
     if r == 0 and c.collect.action_repeat > 1:
         options["frames"] = data.parent / "frames"
+
+    def amount(need: int) -> dict:
+        return {"episodes": None, "steps": need} if by_steps else {"episodes": need}
+
     if need_random > 0:
-        collect(c.env, data, need_random, **options)
+        collect(c.env, data, **amount(need_random), **options)
     if need_policy > 0:
         run = round_dir(data.parent, r - 1) / "imagination"
         policy = AgentPolicy(run, num_envs=min(c.workers, need_policy))  # acts as recorded
-        collect(c.env, data, need_policy, policy=policy, **options)
+        collect(c.env, data, **amount(need_policy), policy=policy, **options)
 
 
 def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
@@ -110,7 +121,7 @@ def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
         run = out / "tokenizer" if phase == "tokenizer" else here / phase
         if (run / "metrics.jsonl").exists():
             plot_metrics(run / "metrics.jsonl", run / "losses.png", PLOTS[phase])
-    result["real_env"] = evaluate_round(here, c.env, c.eval_episodes)
+    result["real_env"] = evaluate_round(here, c.env, c.eval_episodes, c.figures)
     result["data"] = summarize(EpisodeStore(data))
     return result
 
@@ -151,7 +162,8 @@ def train_dynamics(
 
     def measure() -> dict:
         world = load_world_model(run, device.device)
-        return evaluate_dynamics(world, data, gif=here / "imagination.gif", windows=8)
+        gif = here / "imagination.gif"
+        return evaluate_dynamics(world, data, gif=gif, windows=8, quick=not c.figures)
 
     return kept(here / "dynamics.json", measure)
 
@@ -174,19 +186,20 @@ def train_agent(data: Path, here: Path, budget: dict, device, before, c: RoundsC
     return {"bc": bc, "imagination": _train(here / "imagination", phase, cfg, device)}
 
 
-def evaluate_round(here: Path, env: str, episodes: int) -> dict:
+def evaluate_round(here: Path, env: str, episodes: int, figures: bool = True) -> dict:
     """Full-length episodes on fresh seeds (the same for every policy), and the world model's
     figures for control (`eval.control`); kept in eval.json, so never run twice. The
     imagination policy's `return_*` are for its `acting` mode (`choose_acting`); both modes
     are also given on the evaluation seeds (`greedy_return_*`, `sampled_return_*`), BC both
     ways (`bc_return_*` greedy, `bc_sampled_return_*`), and `bc_best_*`, the better BC on these
-    seeds (the baseline favoured). The choice is also kept in the policy's run.json."""
-    results = kept(here / "eval.json", lambda: _evaluate(here, env, episodes))
+    seeds (the baseline favoured). The choice is also kept in the policy's run.json.
+    `figures` False: no control figures."""
+    results = kept(here / "eval.json", lambda: _evaluate(here, env, episodes, figures))
     record_acting(here / "imagination", results["acting"])
     return results
 
 
-def _evaluate(here: Path, env: str, episodes: int) -> dict:
+def _evaluate(here: Path, env: str, episodes: int, figures: bool) -> dict:
     keys = ("return_mean", "return_std", "return_ci95")
     policy, bc = here / "imagination", here / "agent"
     results = choose_acting(policy, env, max(1, episodes // 2))
@@ -201,7 +214,7 @@ def _evaluate(here: Path, env: str, episodes: int) -> dict:
     bc_mean = results["bc_return_mean"]
     best = "bc_" if bc_mean >= results["bc_sampled_return_mean"] else "bc_sampled_"
     results |= {f"bc_best_{k}": results[f"{best}{k}"] for k in keys}
-    return results | control_figures(here / "imagination")
+    return results | (control_figures(here / "imagination") if figures else {})
 
 
 ACTING_SEED = 1  # the validation episodes' seeds; the evaluation draws its own with seed 0

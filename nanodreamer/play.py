@@ -13,7 +13,9 @@ Protocol. The page sends JSON text messages, at most MAX_MESSAGE bytes:
     {"type": "agent", "enabled": bool}        let the policy drive (needs --agent)
 The server sends each frame as a binary JPEG message, followed by a JSON status message
 {"type": "status", "fps", "context", "window", "action", "frame", "agent", "running"}; a bad
-message is answered with {"type": "error", "message": ...} and changes nothing.
+message is answered with {"type": "error", "message": ...} and changes nothing. The first
+message, {"type": "hello", "action_dim", "action_names", ...}, names an Atari game's choices
+(ALE's "NOOP", "UPFIRE", ...), which the page picks with the arrows and space.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from aiohttp import WSMsgType, web
 from PIL import Image
 
 from nanodreamer.data import EpisodeStore
+from nanodreamer.envs.atari import action_meanings, atari_id
 from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import AgentPolicy
-from nanodreamer.runs import load_world_model, read_agent_run
+from nanodreamer.runs import load_world_model, read_agent_run, read_run
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
 
@@ -66,6 +69,7 @@ class Shared:
     world: WorldModel  # template: its tokenizer and dynamics modules are shared
     store: object | None
     device: torch.device
+    action_names: list[str] | None = None  # an Atari game's choices: the page maps keys to them
     sessions: set = field(default_factory=set)
 
     @property
@@ -215,7 +219,16 @@ def build_shared(config: PlayConfig) -> Shared:
         raise UserError(f"--max-sessions must be at least 1, got {config.max_sessions}")
     if config.fps <= 0:
         raise UserError(f"--fps must be positive, got {config.fps}")
-    return Shared(config, world, store, device)
+    return Shared(config, world, store, device, game_actions(config.run, store))
+
+
+def game_actions(run: str, store: EpisodeStore | None) -> list[str] | None:
+    """An Atari game's action names (the env of `store`, else of the run's own dataset)."""
+    data = Path(read_run(run).get("data") or "")
+    if store is None and (data / "manifest.json").exists():
+        store = EpisodeStore(data)
+    env = store.manifest["env"] if store is not None else ""
+    return action_meanings(env) if atari_id(env) else None
 
 
 async def index(request: web.Request) -> web.Response:
@@ -289,6 +302,7 @@ async def serve_session(ws: web.WebSocketResponse, session: Session, shared: Sha
         {
             "type": "hello",
             "action_dim": shared.action_dim,
+            "action_names": shared.action_names,
             "episodes": episodes,
             "agent": shared.config.agent is not None,
             "fps_target": shared.config.fps,

@@ -17,8 +17,9 @@ help from `knob`), so a setting is written down once.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from nanodreamer import envs
 from nanodreamer.errors import UserError
 
 PRESETS = ("tiny", "small", "base")
@@ -34,6 +35,7 @@ class EnvSettings:
     action_repeat: int = knob(8, "env frames per decision")
     max_episode_steps: int | None = knob(400, "cap collected episodes, in frames")
     max_gas: float | None = knob(0.2, "car-racing: gas at full throttle (a speed cap)")
+    resolution: int | None = knob(None, "frames resized to this size (none: as the env gives)")
 
     def options(self, env: str) -> dict:
         """`envs.make` options for `env`: unset ones left out, the gas cap car racing's alone."""
@@ -76,11 +78,14 @@ class RoundsConfig:
     rounds: int = knob(2, "rounds, round 0 included")
     first_episodes: int = knob(100, "random episodes before round 0")
     episodes_per_round: int = knob(50, "episodes added before each later round")
+    first_steps: int | None = knob(None, "random agent steps before round 0, instead of episodes")
+    steps_per_round: int | None = knob(None, "agent steps added before each later round")
     random_share: float = knob(0.2, "of those, random-policy ones")
     first_minutes: float | None = knob(75.0, "round 0's training budget (none: --minutes)")
     minutes: float = knob(40.0, "training budget of each later round")
     eval_episodes: int = knob(10, "evaluation episodes: full length, fresh seeds")
     workers: int = knob(2, "parallel collection envs")
+    figures: bool = knob(True, "each round's counterfactual and control figures (minutes)")
     preset: str | None = knob(None, "model sizes (none: tiny on a CPU, small on a GPU)", PRESETS)
     collect: EnvSettings = field(default_factory=EnvSettings)
     dynamics: DynamicsSettings = field(default_factory=DynamicsSettings)
@@ -102,6 +107,20 @@ RECIPES = {
             horizon=8, gamma=0.9, beta=0.03, sampling_steps=2, value_warmup=0, prior="bc"
         ),
     ),
+    # every Atari game (the Atari 100k protocol, `envs.atari`): 100k agent steps in 3 rounds,
+    # a longer discount for rewards that come later (bench/log/atari-recipe.md)
+    "atari": RoundsConfig(
+        env="atari:Boxing",
+        rounds=3,
+        first_steps=50_000,
+        steps_per_round=25_000,
+        first_minutes=70.0,
+        minutes=35.0,
+        collect=EnvSettings(action_repeat=1, max_episode_steps=None, max_gas=None),
+        dynamics=DynamicsSettings(action_bins=None),
+        agent=AgentSettings(value_gamma=0.97),
+        imagination=ImaginationSettings(gamma=0.97),
+    ),
 }
 
 
@@ -110,3 +129,28 @@ def recipe(name: str) -> RoundsConfig:
     if name not in RECIPES:
         raise UserError(f"unknown recipe {name!r}: use one of {', '.join(RECIPES)}")
     return copy.deepcopy(RECIPES[name])
+
+
+def recipe_for(env: str) -> RoundsConfig:
+    """The recipe an env gets when none is named: its own (car racing, the dot, every Atari
+    game), else one derived from its spaces (`derived_recipe`)."""
+    if envs.atari_id(env):
+        return replace(recipe("atari"), env=env)
+    if env in ("car-racing", "multi-car-racing"):
+        return replace(recipe("car-racing"), env=env)
+    return recipe(env) if env in RECIPES else derived_recipe(env)
+
+
+def derived_recipe(env: str) -> RoundsConfig:
+    """Any other Gymnasium pixel env: the Atari recipe's step budget, no action repeat,
+    episodes as long as the env's own time limit, continuous actions cut into the car-racing
+    recipe's bins (discrete ones keep their choices) and frames over 96 pixels made 64x64."""
+    probe = envs.make(env)
+    size = probe.observation_space.shape[-2]
+    discrete = envs.action_bins(probe) is not None
+    probe.close()
+    config = recipe("atari")
+    config.env = env
+    config.collect.resolution = 64 if size > 96 else None
+    config.dynamics.action_bins = None if discrete else RECIPES["car-racing"].dynamics.action_bins
+    return config

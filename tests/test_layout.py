@@ -9,7 +9,7 @@ import nanodreamer
 
 ROOT = Path(nanodreamer.__file__).parent
 # Optional or slow imports a function may make; every other import sits at the module's top.
-LAZY = {"lpips", "wandb", "minari", "torch.utils.tensorboard", "minari.data_collector"}
+LAZY = {"ale_py", "lpips", "wandb", "minari", "torch.utils.tensorboard", "minari.data_collector"}
 # (importer prefix, forbidden prefix): the arrows that would point back down the layers.
 FORBIDDEN = [
     ("nanodreamer.data", "nanodreamer.train"),

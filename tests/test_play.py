@@ -16,7 +16,15 @@ from aiohttp import ClientSession, WSMsgType
 from aiohttp.test_utils import TestServer
 from conftest import cli, make_store, train_world_model
 
-from nanodreamer.play import MAX_MESSAGE, BadMessage, PlayConfig, build_shared, make_app
+from nanodreamer.data import EpisodeStore
+from nanodreamer.play import (
+    MAX_MESSAGE,
+    BadMessage,
+    PlayConfig,
+    build_shared,
+    game_actions,
+    make_app,
+)
 from nanodreamer.play import parse_message as parse
 
 CHROMIUM = shutil.which("chromium")
@@ -93,6 +101,7 @@ def test_bad_messages_answered_without_hurting_any_session(runs):
             for ws in (bad, good):
                 hello = await receive_until(ws, "hello")
                 assert hello["action_dim"] == 2 and hello["episodes"] == 3
+                assert hello["action_names"] is None  # not an Atari game
                 assert (await receive_until(ws, "status"))["frame"] == 0  # the first picture
             for text in ["{", '{"type": "warp"}', '{"type": "action", "action": [9, 9]}']:
                 await bad.send_str(text)
@@ -226,6 +235,14 @@ def test_page_in_headless_chromium(server, tmp_path):
         assert float(fps) > 0, fps
         page.wait_for_function(f"document.getElementById('fps').textContent != '{fps}'")
         assert "/ " in page.text_content("#context")
+        pong = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]  # its minimal set
+        page.keyboard.up("ArrowUp")
+        page.keyboard.down(" ")  # with ArrowLeft: LEFTFIRE, the 6th choice
+        chosen = page.evaluate(
+            f"(() => {{ actionNames = {json.dumps(pong)}; const a = currentAction(); "
+            "actionNames = null; return a; })()"
+        )
+        assert chosen == [pytest.approx(5.5 / 6 * 2 - 1)]
         page.screenshot(path=tmp_path / "play.png")
         assert (tmp_path / "play.png").stat().st_size > 1000
         page.close()
@@ -234,3 +251,11 @@ def test_page_in_headless_chromium(server, tmp_path):
             time.sleep(0.1)
         assert sessions(server) == 0
         browser.close()
+
+
+def test_an_atari_world_names_its_choices(runs, tmp_path):
+    root, data = runs
+    assert game_actions(root / "dyn", None) is None  # its own dataset: not a game
+    with EpisodeStore.create(tmp_path, env="atari:Pong", obs_shape=(64, 64, 3), action_dim=1,
+                             action_bins=[6]) as store:  # fmt: skip
+        assert game_actions(root / "dyn", store)[:4] == ["NOOP", "FIRE", "RIGHT", "LEFT"]

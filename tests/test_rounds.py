@@ -16,6 +16,7 @@ def test_two_rounds_grow_the_data_continue_the_weights_and_resume(tmp_path, caps
         f"rounds --out {out} --env dot --rounds 2 --first-episodes 4 --episodes-per-round 4 "
         "--random-share 0.25 --minutes 0.1 --eval-episodes 2 --workers 1 --max-episode-steps 48 "
         "--first-minutes 0.12 --action-repeat 2 --window 4 --rollout-frac 0.5"
+        " --recipe car-racing"
     ).split()  # the rest: the car-racing recipe's defaults
     main(command)
     printed = capsys.readouterr().out

@@ -23,14 +23,17 @@ ENV_OWN = EnvSettings(action_repeat=1, max_episode_steps=None, max_gas=None)  # 
 def add_commands(sub) -> None:
     p = sub.add_parser("collect", help="collect episodes into a dataset folder")
     p.add_argument(
-        "--env", default="car-racing", help="car-racing, multi-car-racing, dot or a Gym id"
+        "--env",
+        default="car-racing",
+        help="car-racing, multi-car-racing, dot, atari:Game or a Gym id",
     )
-    p.add_argument("--episodes", type=int, required=True, help="episodes (one per car and race)")
+    amount = p.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--episodes", type=int, help="episodes (one per car and race)")
+    amount.add_argument("--steps", type=int, help="agent steps (running episodes kept, cut)")
     p.add_argument("--num-cars", type=int, help="cars per race for multi-car-racing (default 2)")
     p.add_argument("--out", required=True, help="dataset folder (created, or appended to)")
     p.add_argument("--workers", type=int, default=1, help="parallel environments")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, help="square frame size for Gymnasium envs")
     add_settings_flags(p, ENV_OWN, show=False)
     p.add_argument("--policy", help="act with this agent run instead of randomly")
     p.add_argument(
@@ -77,8 +80,6 @@ def add_commands(sub) -> None:
 def cmd_collect(args: argparse.Namespace) -> None:
     check_gas_cap(args.env, hasattr(args, "max_gas"))
     options = with_flags(args, ENV_OWN).options(args.env)
-    if args.resolution is not None:
-        options["resolution"] = args.resolution
     if args.num_cars is not None:
         if args.env != "multi-car-racing":
             raise UserError("--num-cars is for --env multi-car-racing only")
@@ -86,12 +87,13 @@ def cmd_collect(args: argparse.Namespace) -> None:
     policy = None
     if args.policy:
         cars = args.num_cars or 1  # one policy context per car stream
-        races = -(-args.episodes // cars)
+        races = -(-args.episodes // cars) if args.episodes else args.workers
         policy = AgentPolicy(args.policy, num_envs=min(args.workers, races) * cars)
     store = collect(
         args.env,
         args.out,
         args.episodes,
+        steps=args.steps,
         workers=args.workers,
         seed=args.seed,
         env_options=options,

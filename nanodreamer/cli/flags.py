@@ -61,12 +61,13 @@ def with_flags(args: argparse.Namespace, settings, prefix=""):
     return replace(settings, **changes)
 
 
-def add_recipe_flag(parser: argparse.ArgumentParser) -> None:
+def add_recipe_flag(parser: argparse.ArgumentParser, default: str | None = "car-racing") -> None:
     parser.add_argument(
         "--recipe",
         choices=list(RECIPES),
-        default="car-racing",
-        help="named settings (recipes.py); every flag below overrides one of them",
+        default=default,
+        help="named settings (recipes.py); every flag below overrides one of them"
+        + ("" if default else " (default: the env's own, or one derived from its spaces)"),
     )
 
 

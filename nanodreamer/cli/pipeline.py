@@ -16,7 +16,7 @@ from nanodreamer.errors import UserError
 from nanodreamer.pipeline import run_rounds
 from nanodreamer.play import PlayConfig, serve
 from nanodreamer.pretrained import pack, pretrained
-from nanodreamer.recipes import RoundsConfig, recipe
+from nanodreamer.recipes import RoundsConfig, recipe, recipe_for
 
 
 def add_commands(sub) -> None:
@@ -24,7 +24,7 @@ def add_commands(sub) -> None:
         "rounds", help="rounds of collect -> train -> evaluate in one folder (--recipe)"
     )
     p.add_argument("--out", required=True, help="folder (rerun the same command to resume)")
-    add_recipe_flag(p)
+    add_recipe_flag(p, default=None)
     add_settings_flags(p, RoundsConfig())
     p.set_defaults(func=cmd_rounds)
 
@@ -57,7 +57,8 @@ def add_commands(sub) -> None:
 
 
 def cmd_rounds(args: argparse.Namespace) -> None:
-    config = with_flags(args, recipe(args.recipe))
+    env = getattr(args, "env", "car-racing")
+    config = with_flags(args, recipe(args.recipe) if args.recipe else recipe_for(env))
     check_gas_cap(config.env, hasattr(args, "collect.max_gas"))
 
     def interval(e: dict, who: str) -> str:  # one episode has no interval (null in JSON)

@@ -8,6 +8,7 @@ import argparse
 from dataclasses import replace
 
 from nanodreamer.cli.flags import add_recipe_flag, add_settings_flags, with_flags
+from nanodreamer.data import EpisodeStore
 from nanodreamer.data.latents import encode_dataset
 from nanodreamer.dynamics import DYNAMICS_PRESETS
 from nanodreamer.recipes import AgentSettings, DynamicsSettings, ImaginationSettings, recipe
@@ -89,6 +90,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
 def cmd_train_dynamics(args: argparse.Namespace) -> None:
     settings = with_flags(args, recipe(args.recipe).dynamics)
+    if not hasattr(args, "action_bins") and EpisodeStore(args.data).manifest["action_bins"]:
+        settings = replace(settings, action_bins=None)  # a recipe's bins: continuous actions
     cfg = with_flags(args, dynamics_phase.TRAIN_PRESETS[args.preset])
     window = getattr(args, "seq_len", None) or settings.window or cfg.seq_len
     long = 2 * window if args.long_seq_len is None else args.long_seq_len

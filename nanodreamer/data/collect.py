@@ -55,7 +55,8 @@ class RandomPolicy:
 def random_policy(env: str, num_envs: int, action_dim: int, seed=0) -> RandomPolicy:
     """The random policy that collects `env`'s data (and is its evaluation baseline)."""
     low, high = envs.RANDOM_ACTION_RANGE.get(env, (-1.0, 1.0))
-    hold = envs.RANDOM_HOLD.get(env, 8)
+    # Atari's random scores (0 on the human-normalised scale) are of a fresh action every step
+    hold = 1 if envs.atari_id(env) else envs.RANDOM_HOLD.get(env, 8)
     return RandomPolicy(num_envs, action_dim, hold=hold, seed=seed, low=low, high=high)
 
 
@@ -77,6 +78,11 @@ class _Recorder:
         self.action.append(np.asarray(action, np.float32))
         self.reward.append(float(reward))
         self.is_terminal.append(bool(terminated))
+
+    def drop_last(self) -> None:
+        """Forget the last step (past a step budget); its stepped frames stay for the tokenizer."""
+        for steps in (self.obs, self.action, self.reward, self.is_terminal):
+            steps.pop()
 
     def episode(self) -> dict[str, np.ndarray]:
         is_first = np.zeros(len(self.obs), bool)
@@ -108,8 +114,9 @@ class _Recorder:
 def collect(
     env: str,
     out: str | Path,
-    episodes: int,
+    episodes: int | None,
     *,
+    steps: int | None = None,
     workers: int = 1,
     seed: int = 0,
     policy: Policy | None = None,
@@ -119,7 +126,10 @@ def collect(
 ) -> EpisodeStore:
     """Append `episodes` episodes of `env` to the dataset at `out` and return it (reopened).
 
-    A multi-car env gives one episode per car and race: `episodes` counts car streams.
+    `steps`: stop once this many agent steps are added (a step budget, as Atari 100k
+    counts), keeping the episodes then running as truncated ones; `episodes` None: no cap on
+    their number. A multi-car env gives one episode per car and race: `episodes` counts car
+    streams. An Atari life loss is a terminal step of the data (`envs.atari`).
     `frames`: also append each episode's every stepped frame (all repeats of an action
     repeat, drawn) to this action-free dataset, one episode per phase of the repeat, for the
     tokenizer: `repeat` times the distinct images at no extra env steps.
@@ -139,15 +149,20 @@ def collect(
     frame_store = None
     if frames is not None:  # each phase episode steps as the data does: same options
         frame_store = EpisodeStore.create(frames, env=env, env_options=env_options, **spaces)
-    races = -(-episodes // cars)
+    if episodes is None and steps is None:
+        raise ValueError("collect needs episodes or steps")
+    episodes = episodes if episodes is not None else 2**62
     with store, frame_store or nullcontext():
-        workers = min(workers, races)
-        _run(store, frame_store, make_env, episodes, workers, cars, seed, policy, progress)
+        workers = min(workers, -(-episodes // cars))
+        budget = (episodes, steps or 2**62)
+        _run(store, frame_store, make_env, budget, workers, cars, seed, policy, progress)
     return EpisodeStore(out)
 
 
-def _run(store, frame_store, make_env, episodes, num_envs, cars, seed, policy, progress):
-    """Step `num_envs` envs of `cars` streams each; stream j belongs to env j // cars."""
+def _run(store, frame_store, make_env, budget, num_envs, cars, seed, policy, progress):
+    """Step `num_envs` envs of `cars` streams each; stream j belongs to env j // cars. Stops
+    at `budget` (episodes, agent steps), whichever comes first."""
+    episodes, max_steps = budget
     disabled = gym.vector.AutoresetMode.DISABLED
     # spawned workers do not inherit the dataset's lock file; SyncVectorEnv keeps one float
     # reward per env, so a multi-car env (a reward per car) always runs in a worker
@@ -168,47 +183,60 @@ def _run(store, frame_store, make_env, episodes, num_envs, cars, seed, policy, p
     obs = obs.reshape(streams, *obs_shape)
     recorders = [_Recorder(o, action_dim) for o in obs]
     is_first = np.ones(streams, bool)
-    bar = tqdm(total=episodes, desc="collect", unit="ep", disable=not progress)
+    total = episodes if max_steps >= 2**62 else max_steps
+    bar = tqdm(total=total, desc="collect", unit="ep" if total == episodes else "step",
+               disable=not progress)  # fmt: skip
+
+    def keep(j: int, i: int, repeat: int) -> None:  # stream j's episode into the dataset
+        nonlocal written
+        car = {"car": int(j - i * cars)} if cars > 1 else {}
+        store.add(recorders[j].episode(), seed=seeds[i], policy=label, **car)
+        if frame_store is not None:  # in its episode's train/val split
+            split_of = store.episodes[-1]["file"]
+            for phase, frames in enumerate(recorders[j].frame_episodes(repeat)):
+                frame_store.add(frames, actions=False, seed=seeds[i], phase=phase,
+                                split_of=split_of, **car)  # fmt: skip
+        written += 1
+        bar.update(1 if total == episodes else 0)
+
     try:
-        while written < episodes:
+        while written < episodes and steps < max_steps:
             actions = np.clip(policy.act(obs, is_first), -1.0, 1.0).astype(np.float32)
             obs, reward, terminated, truncated, info = venv.step(
                 actions.reshape(venv.action_space.shape)
             )
             obs, reward = obs.reshape(streams, *obs_shape), reward.reshape(streams)
             steps += streams
+            if total != episodes:
+                bar.update(streams)
             is_first[:] = False
+            ends = terminated | np.asarray(info.get("life_loss", False), bool)
             for j in range(streams):
-                recorders[j].add(obs[j], actions[j], reward[j], terminated[j // cars])
+                recorders[j].add(obs[j], actions[j], reward[j], ends[j // cars])
+            repeat = info["frames"].shape[1] if frame_store is not None else 1
             if frame_store is not None:  # (envs, repeat, cars, H, W, C)
                 stepped = info["frames"].reshape(num_envs, -1, cars, *obs_shape)
                 for j in range(streams):
                     count = info["frame_count"][j // cars]
                     recorders[j].frames.extend(stepped[j // cars, :count, j % cars])
             done = terminated | truncated
+            if steps >= max_steps:  # the budget is spent: keep what is running, truncated
+                for j in range(streams - (steps - max_steps), streams):
+                    recorders[j].drop_last()  # the steps past it
+                steps, done[:] = max_steps, True
             if not done.any():
                 continue
             reset_seeds = [None] * num_envs
             for i in np.flatnonzero(done):
                 for j in range(i * cars, (i + 1) * cars):
                     if seeds[i] is not None and written < episodes:
-                        car = {"car": int(j - i * cars)} if cars > 1 else {}
-                        store.add(recorders[j].episode(), seed=seeds[i], policy=label, **car)
-                        if frame_store is not None:  # in its episode's train/val split
-                            repeat, split_of = info["frames"].shape[1], store.episodes[-1]["file"]
-                            for phase, frames in enumerate(recorders[j].frame_episodes(repeat)):
-                                frame_store.add(
-                                    frames, actions=False, seed=seeds[i], phase=phase,
-                                    split_of=split_of, **car,
-                                )  # fmt: skip
-                        written += 1
-                        bar.update(1)
+                        keep(j, i, repeat)
                 seeds[i] = reset_seeds[i] = None
                 if started < -(-episodes // cars):
                     seeds[i] = reset_seeds[i] = episode_seed(seed, first + started)
                     started += 1
             bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - t0):.0f}")
-            if written >= episodes:
+            if written >= episodes or steps >= max_steps:
                 break
             reset_obs, _ = venv.reset(seed=reset_seeds, options={"reset_mask": done})
             restarted = np.repeat(done, cars)  # the streams of the envs just reset

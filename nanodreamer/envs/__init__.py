@@ -4,7 +4,8 @@ actions normalised to [-1, 1] per dimension.
 Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), "multi-car-racing"
 (`num_cars` cars on one track: observations (N,H,W,C), actions (N,2), rewards (N,); each car's
 stream is one episode in a dataset), "dot" (16x16: steer a dot to a target on a grid; the CPU-scale
-end-to-end test bed), or any Gymnasium id whose observations are images or that renders
+end-to-end test bed), an Atari game under the Atari 100k protocol (`atari:Boxing` or
+`ALE/Boxing-v5`: `envs.atari`), or any Gymnasium id whose observations are images or that renders
 `rgb_array` frames (resized to `resolution`), also in Gymnasium's `module:EnvId` form.
 
 Every env is built by `gymnasium.make` (ours are registered as `nanodreamer/Dot-v0` and
@@ -21,6 +22,7 @@ import importlib
 import gymnasium as gym
 import numpy as np
 
+from nanodreamer.envs.atari import atari_id, make_atari
 from nanodreamer.envs.car_racing import make_car_racing
 from nanodreamer.envs.multi_car_racing import MultiCarRacing
 from nanodreamer.envs.wrappers import ActionRepeat, ColorChannels, DiscreteAsBins, ResizeImage
@@ -62,7 +64,10 @@ def make(
 ) -> gym.Env:
     """Create environment `name`; `options` go to its constructor (gym.make for Gymnasium ids).
     `keep_frames`: steps also return every repeat's frame (`ActionRepeat`)."""
-    env = NAMED[name](**options) if name in NAMED else _make_gym(name, options)
+    if atari_id(name):
+        env = make_atari(name, **options)
+    else:
+        env = NAMED[name](**options) if name in NAMED else _make_gym(name, options)
     repeat = action_repeat != 1 or keep_frames
     if isinstance(env.unwrapped, MultiCarRacing):  # already per-car frames and actions
         if resolution not in (None, env.observation_space.shape[1]):

@@ -93,7 +93,9 @@ def evaluate_control(
     context = min(8, model.dynamics.config.window - 1)
     picked = pick_contexts(store, contexts, context, horizon, split)
     a = model.dynamics.config.action_dim
-    alternatives = alternative_actions(store.manifest["env"], a, horizon, randoms)
+    alternatives = alternative_actions(
+        store.manifest["env"], a, horizon, randoms, bins=store.manifest["action_bins"]
+    )
     real = real_branches(store, picked, alternatives)
     replay = Replay(store)
     warm = tokenizer.config.window - 1

@@ -118,7 +118,9 @@ def counterfactual_dynamics(
     context = context or min(8, world.window - 1)
     picked = pick_contexts(store, contexts, context, horizon, split)
     a = world.dynamics.config.action_dim
-    alternatives = alternative_actions(store.manifest["env"], a, horizon, randoms)
+    alternatives = alternative_actions(
+        store.manifest["env"], a, horizon, randoms, bins=store.manifest["action_bins"]
+    )
     real = real_branches(store, picked, alternatives)
     batch = context_batch(store, picked, horizon)
     n, m, device = len(picked), len(alternatives), world.device

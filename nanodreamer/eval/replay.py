@@ -15,6 +15,7 @@ from nanodreamer import envs
 from nanodreamer.data import EpisodeStore, split_episodes
 from nanodreamer.data.collect import random_policy
 from nanodreamer.envs.car_racing import frames_skipped
+from nanodreamer.envs.wrappers import bin_centers
 from nanodreamer.errors import UserError
 from nanodreamer.eval.tokenizer import settle_frames
 
@@ -60,11 +61,16 @@ def pick_contexts(store: EpisodeStore, count: int, context: int, horizon: int, s
     return contexts[:count]
 
 
-def alternative_actions(env_name: str, action_dim: int, horizon: int, randoms: int, seed=0):
+def alternative_actions(
+    env_name: str, action_dim: int, horizon: int, randoms: int, seed=0, bins=None
+):
     """(M, H, A): each dimension held at -1 and at +1 (car racing: full left, full right,
-    brake, full gas), then `randoms` sequences of the env's random data policy."""
+    brake, full gas), or for discrete actions (`bins`: the manifest's) each choice held,
+    then `randoms` sequences of the env's random data policy."""
     constant = []
-    for dim in range(action_dim):
+    if bins:  # one discrete dimension: every choice, at its bin's centre
+        constant = [np.full((horizon, 1), value) for value in bin_centers(bins[0])]
+    for dim in range(action_dim if not bins else 0):
         for value in (-1.0, 1.0):
             action = np.zeros(action_dim, np.float32)
             action[dim] = value
