@@ -74,3 +74,20 @@ def test_the_gas_cap_is_car_racings_alone(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(f"{command} --env dot --out {tmp_path / 'x'} --max-gas 0.5".split())
         assert "--max-gas is for --env car-racing only" in capsys.readouterr().err
+
+
+def test_any_gymnasium_pixel_env_runs_on_a_recipe_derived_from_its_spaces(tmp_path):
+    """Pendulum-v1 (rendered 500x500 frames, a continuous torque, 200-step episodes): no
+    setting flag, only a budget of seconds."""
+    out = tmp_path / "pendulum"
+    main(
+        f"rounds --env Pendulum-v1 --out {out} --rounds 1 --first-steps 500 --first-minutes 0.1 "
+        "--eval-episodes 1 --workers 1 --no-figures".split()
+    )
+    store = EpisodeStore(out / "data")
+    assert store.manifest["obs_shape"] == [64, 64, 3] and store.manifest["env_options"] == {
+        "action_repeat": 1, "resolution": 64}  # fmt: skip
+    assert sum(e["length"] - 1 for e in store.episodes) == 500
+    assert read_run(out / "round_0" / "dynamics")["model_config"]["action_bins"] == 8
+    real_env = json.loads((out / "rounds.json").read_text())[0]["real_env"]
+    assert real_env["random_return_mean"] < 0 and len(real_env["returns"]) == 1
