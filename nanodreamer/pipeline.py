@@ -30,6 +30,7 @@ from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import AgentPolicy, evaluate_agent
 from nanodreamer.eval.control import control_figures
 from nanodreamer.eval.dynamics import evaluate_dynamics
+from nanodreamer.eval.metrics import seeded
 from nanodreamer.eval.pictures import plot_learning_curve, plot_metrics
 from nanodreamer.io import write_json
 from nanodreamer.recipes import RoundsConfig
@@ -90,7 +91,8 @@ def _collect(data: Path, c: RoundsConfig, r: int) -> None:
     randoms = round(c.random_share * per) if r else 0
     need_random = first + r * randoms - have_random
     need_policy = r * (per - randoms) - have_policy
-    options = {"workers": c.workers, "env_options": c.collect.options(c.env), "seed": r}
+    seed = 1000 * c.seed + r  # each round's episodes apart; seed 0 keeps its old seeds
+    options = {"workers": c.workers, "env_options": c.collect.options(c.env), "seed": seed}
     if r == 0 and c.collect.action_repeat > 1:
         options["frames"] = data.parent / "frames"
 
@@ -102,7 +104,8 @@ def _collect(data: Path, c: RoundsConfig, r: int) -> None:
     if need_policy > 0:
         run = round_dir(data.parent, r - 1) / "imagination"
         policy = AgentPolicy(run, num_envs=min(c.workers, need_policy))  # acts as recorded
-        collect(c.env, data, **amount(need_policy), policy=policy, **options)
+        with seeded(seed):  # its sampled actions
+            collect(c.env, data, **amount(need_policy), policy=policy, **options)
 
 
 def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
@@ -114,7 +117,7 @@ def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
     data, result = out / "data", {"round": r}
     if r == 0:
         images = out / "frames" if (out / "frames").exists() else data
-        result["tokenizer"] = train_tokenizer(images, out / "tokenizer", preset, budget, device)
+        result["tokenizer"] = train_tokenizer(images, out / "tokenizer", preset, budget, device, c)
     result["dynamics"] = train_dynamics(data, out, here, preset, budget, device, before, c)
     result |= train_agent(data, here, budget, device, before, c)
     for phase in PLOTS:
@@ -137,12 +140,15 @@ def _train(run: Path, phase_factory, cfg: TrainConfig, device) -> dict:
     return Trainer(run, phase, cfg, device).fit(resume=(run / CHECKPOINT).exists())
 
 
-def _budget(cfg: TrainConfig, minutes: float) -> TrainConfig:
-    return replace(cfg, minutes=minutes, steps=1_000_000, eval_every=1_000_000, save_every=250)
+def _budget(cfg: TrainConfig, minutes: float, c: RoundsConfig) -> TrainConfig:
+    """`minutes` of training, or the recipe's `train_steps` updates, seeded by its `seed`."""
+    by_steps = {"minutes": None, "steps": c.train_steps} if c.train_steps else {
+        "minutes": minutes, "steps": 1_000_000}  # fmt: skip
+    return replace(cfg, **by_steps, eval_every=1_000_000, save_every=250, seed=c.seed)
 
 
-def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device) -> dict:
-    cfg = _budget(TOKENIZER_TRAIN[preset], budget["tokenizer"])
+def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device, c) -> dict:
+    cfg = _budget(TOKENIZER_TRAIN[preset], budget["tokenizer"], c)
     config = tokenizer_config_for(data, TOKENIZER_PRESETS[preset], cfg.seq_len)
     return _train(run, lambda: TokenizerPhase(data, config, cfg), cfg, device)
 
@@ -150,7 +156,7 @@ def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device) ->
 def train_dynamics(
     data, out: Path, here: Path, preset, budget, device, before, c: RoundsConfig
 ) -> dict:
-    cfg = _budget(DYNAMICS_TRAIN[preset], budget["dynamics"])
+    cfg = _budget(DYNAMICS_TRAIN[preset], budget["dynamics"], c)
     if c.dynamics.window:  # every 8th step trains on windows twice the context, as presets do
         cfg = replace(cfg, seq_len=c.dynamics.window, long_seq_len=2 * c.dynamics.window)
     tokenizer = out / "tokenizer"
@@ -176,11 +182,11 @@ def kept(path: Path, compute) -> dict:
 
 
 def train_agent(data: Path, here: Path, budget: dict, device, before, c: RoundsConfig) -> dict:
-    cfg = _budget(agent_train_config(here / "dynamics"), budget["agent"])
+    cfg = _budget(agent_train_config(here / "dynamics"), budget["agent"], c)
     init = before / "agent" if before else None
     phase = lambda: AgentPhase(data, here / "dynamics", cfg, c.agent, init=init)  # noqa: E731
     bc = _train(here / "agent", phase, cfg, device)
-    cfg = _budget(imagination_train_config(here / "agent"), budget["imagination"])
+    cfg = _budget(imagination_train_config(here / "agent"), budget["imagination"], c)
     init = before / "imagination" if before else None
     phase = lambda: ImaginationPhase(here / "agent", cfg, c.imagination, init=init)  # noqa: E731
     return {"bc": bc, "imagination": _train(here / "imagination", phase, cfg, device)}

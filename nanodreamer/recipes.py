@@ -85,6 +85,8 @@ class RoundsConfig:
     minutes: float = knob(40.0, "training budget of each later round")
     eval_episodes: int = knob(10, "evaluation episodes: full length, fresh seeds")
     workers: int = knob(2, "parallel collection envs")
+    seed: int = knob(0, "every random draw: collection, initialisation, data order, sampling")
+    train_steps: int | None = knob(None, "each phase's updates instead of minutes (exact reruns)")
     figures: bool = knob(True, "each round's counterfactual and control figures (minutes)")
     preset: str | None = knob(None, "model sizes (none: tiny on a CPU, small on a GPU)", PRESETS)
     collect: EnvSettings = field(default_factory=EnvSettings)

@@ -91,3 +91,33 @@ def test_any_gymnasium_pixel_env_runs_on_a_recipe_derived_from_its_spaces(tmp_pa
     assert read_run(out / "round_0" / "dynamics")["model_config"]["action_bins"] == 8
     real_env = json.loads((out / "rounds.json").read_text())[0]["real_env"]
     assert real_env["random_return_mean"] < 0 and len(real_env["returns"]) == 1
+
+
+def test_the_same_seed_gives_the_same_figures(tmp_path):
+    """`rounds --seed S` with step budgets: two runs agree on every figure but the timings;
+    another seed collects other episodes."""
+
+    def run(name: str, seed: int) -> dict:
+        main(
+            f"rounds --recipe dot --out {tmp_path / name} --rounds 2 --first-episodes 4 "
+            f"--episodes-per-round 2 --train-steps 3 --eval-episodes 2 --workers 1 "
+            f"--no-figures --seed {seed}".split()
+        )
+        return json.loads((tmp_path / name / "rounds.json").read_text())
+
+    def untimed(figures):  # every figure but the measured speeds and the folder's path
+        if isinstance(figures, dict):
+            return {k: untimed(v) for k, v in figures.items() if "fps" not in k and k != "path"}
+        return [untimed(f) for f in figures] if isinstance(figures, list) else figures
+
+    first, again = run("a", 1), run("b", 1)
+    assert untimed(first) == untimed(again)
+    assert first[1]["real_env"]["returns"] == again[1]["real_env"]["returns"]
+    assert json.loads((tmp_path / "a" / "rounds_config.json").read_text())["seed"] == 1
+    from nanodreamer.pipeline import _collect
+    from nanodreamer.recipes import recipe
+
+    other = RoundsConfig(**{**vars(recipe("dot")), "seed": 2, "first_episodes": 4, "workers": 1})
+    _collect(tmp_path / "c" / "data", other, 0)
+    seeds = [[e["seed"] for e in EpisodeStore(tmp_path / n / "data").episodes[:4]] for n in "ac"]
+    assert not set(seeds[0]) & set(seeds[1])
