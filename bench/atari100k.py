@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from common import commit, machine, update_results
+from common import commit, hours, machine, timed_run, update_results
 
 # (random, human) scores of the Atari 100k literature (DQN's references, as SimPLe, IRIS and
 # DIAMOND normalise them)
@@ -51,23 +49,9 @@ def hns(game: str, score: float) -> float:
 
 
 def run_game(game: str, out: Path, extra: list[str]) -> None:
-    """`rounds --recipe atari` for one game, its wall time added to `wall.json` each minute."""
     out.mkdir(parents=True, exist_ok=True)
-    wall = out / "wall.json"
-    spent = json.loads(wall.read_text())["seconds"] if wall.exists() else 0.0
-    start, done = time.monotonic(), threading.Event()
-
-    def keep_time() -> None:
-        while not done.wait(60):
-            wall.write_text(json.dumps({"seconds": spent + time.monotonic() - start}))
-
-    threading.Thread(target=keep_time, daemon=True).start()
     command = ["nanodreamer", "rounds", "--recipe", "atari", "--env", f"atari:{game}"]
-    try:
-        subprocess.run(command + ["--out", str(out), *extra], check=True)
-    finally:
-        done.set()
-        wall.write_text(json.dumps({"seconds": spent + time.monotonic() - start}))
+    timed_run(command + ["--out", str(out), *extra], out / "wall.json")
 
 
 def game_row(game: str, out: Path) -> dict | None:
@@ -76,7 +60,7 @@ def game_row(game: str, out: Path) -> dict | None:
     if not rounds.exists():
         return None
     last = json.loads(rounds.read_text())[-1]
-    e, wall = last["real_env"], out / "wall.json"
+    e = last["real_env"]
     return {
         "game": game,
         "round": last["round"],
@@ -86,7 +70,7 @@ def game_row(game: str, out: Path) -> dict | None:
         "hns": hns(game, e["return_mean"]),
         "steps": last["data"]["frames"] - last["data"]["episodes"],  # agent steps collected
         "episodes": e["episodes"],
-        "hours": json.loads(wall.read_text())["seconds"] / 3600 if wall.exists() else None,
+        "hours": hours(out / "wall.json"),
         "acting": e["acting"],
     }
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 import resource
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -77,3 +79,25 @@ def update_results(section: str, body: str) -> None:
     block = f"{level} {section}\n\n{body.strip()}\n"
     text = pattern.sub(lambda _: block + "\n", text) if found else text + "\n" + block
     RESULTS.write_text(text.rstrip() + "\n")
+
+
+def timed_run(command: list[str], wall: Path) -> None:
+    """Run `command`, adding its wall time to the seconds kept in `wall` (JSON) each minute, so
+    a run that is stopped and resumed reports its total."""
+    spent = json.loads(wall.read_text())["seconds"] if wall.exists() else 0.0
+    start, done = time.monotonic(), threading.Event()
+
+    def keep_time() -> None:
+        while not done.wait(60):
+            wall.write_text(json.dumps({"seconds": spent + time.monotonic() - start}))
+
+    threading.Thread(target=keep_time, daemon=True).start()
+    try:
+        subprocess.run(command, check=True)
+    finally:
+        done.set()
+        wall.write_text(json.dumps({"seconds": spent + time.monotonic() - start}))
+
+
+def hours(wall: Path) -> float | None:
+    return json.loads(wall.read_text())["seconds"] / 3600 if wall.exists() else None
