@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from common import commit, hours, machine, timed_run, update_results
+from common import hours, publish, timed_run
 
 # (random, human) scores of the Atari 100k literature (DQN's references, as SimPLe, IRIS and
 # DIAMOND normalise them)
@@ -109,16 +108,9 @@ def main() -> None:
     rows = [row for g in args.games if (row := game_row(g, out / g.lower()))]
     if not rows:
         sys.exit(f"no game in {out} has finished a round")
-    body = table(rows)
-    print(body)
-    if args.update_results:
-        when = time.strftime("%Y-%m-%d")
-        command = f"python bench/atari100k.py --games {' '.join(args.games)} " + " ".join(extra)
-        update_results(
-            "Atari 100k",
-            f"{when}, commit {commit()}, {machine()}; `{command.strip()}`; each game's "
-            f"evaluation: {rows[0]['episodes']} full games on fresh seeds.\n\n{body}",
-        )
+    command = f"python bench/atari100k.py --games {' '.join(args.games)} " + " ".join(extra)
+    note = f"each game's evaluation: {rows[0]['episodes']} full games on fresh seeds."
+    publish("Atari 100k", table(rows), command, note, args.update_results)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,12 @@ def timed_run(command: list[str], wall: Path) -> None:
 
 def hours(wall: Path) -> float | None:
     return json.loads(wall.read_text())["seconds"] / 3600 if wall.exists() else None
+
+
+def publish(section: str, body: str, command: str, note: str, update: bool) -> None:
+    """Print a table; with `update`, also make it RESULTS.md's `section`, dated, with the commit,
+    the machine, the command and `note`."""
+    print(body)
+    if update:
+        stamp = f"{time.strftime('%Y-%m-%d')}, commit {commit()}, {machine()}"
+        update_results(section, f"{stamp}; `{command.strip()}`; {note}\n\n{body}")

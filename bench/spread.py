@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from common import commit, hours, machine, timed_run, update_results
+from common import hours, publish, timed_run
 
 from nanodreamer.eval.agent import evaluate_agent
 
@@ -100,14 +99,9 @@ def main() -> None:
         sys.exit(f"no run in {out} has finished a round")
     rows = {s: evaluate(out / f"seed-{s}", args.episodes) for s in done}
     body = table(rows, {s: hours(out / f"seed-{s}" / "wall.json") for s in done})
-    print(body)
-    if args.update_results:
-        command = f"python bench/spread.py --seeds {' '.join(map(str, done))} " + " ".join(extra)
-        update_results(
-            "Spread over seeds",
-            f"{time.strftime('%Y-%m-%d')}, commit {commit()}, {machine()}; `{command.strip()}`; "
-            f"{args.episodes} full episodes per run on seeds from {EVAL_SEED}.\n\n{body}",
-        )
+    command = f"python bench/spread.py --seeds {' '.join(map(str, done))} " + " ".join(extra)
+    note = f"{args.episodes} full episodes per run on seeds from {EVAL_SEED}."
+    publish("Spread over seeds", body, command, note, args.update_results)
 
 
 if __name__ == "__main__":
