@@ -1,12 +1,11 @@
 """Is a step's reward in the tokenizer's code at all? A small MLP reads the latents of the
 frame before and the frame itself (z_{t-1}, z_t) and regresses reward[t]; scored by its
 correlation on held-out episodes. If it finds the reward where the agent's reward head does
-not, the code holds it and the head's training is the limit. `--agent RUN`: the same probe on
-that agent run's features h_t instead (frozen), the input of its reward head: if it finds the
-reward there, the head's training is the limit; if not, the features are.
-Results: bench/log/atari-recipe.md.
+not, the code holds it and phase 2 is the limit. `--agent RUN`: the same probe on that agent
+run's frozen features h_t, the input of its reward head: if it finds the reward there, the
+head's training is the limit; if not, the features are. Results: bench/log/atari-recipe.md.
 
-    python bench/experiments/reward_probe.py runs/boxing-ar1/data/latents/* --steps 3000
+    python bench/experiments/reward_probe.py DATA/latents/FINGERPRINT --steps 3000
     python bench/experiments/reward_probe.py DATA/latents/FINGERPRINT --agent runs/agent
 """
 
@@ -18,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from nanodreamer.agent import complete_context
+from nanodreamer.agent import AgentModel, complete_context
 from nanodreamer.data.latents import LatentStore
 from nanodreamer.data.sampler import WindowDataset, split_episodes
 from nanodreamer.dynamics import latent_batch
+from nanodreamer.eval.metrics import correlation
 from nanodreamer.runs import load_agent
 
 
@@ -36,9 +36,8 @@ def pairs(store: LatentStore, episodes: list[int]) -> tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def features(store: LatentStore, run: str, split: str, windows: int):
+def features(store: LatentStore, model: AgentModel, split: str, windows: int):
     """Frozen agent features h_t (N,D) of complete-context frames and their reward[t] (N,)."""
-    model = load_agent(run)[0]
     window = model.dynamics.config.window
     data = WindowDataset(store, 2 * window, split=split, seed=1, labelled_only=True)
     xs, ys = [], []
@@ -61,8 +60,9 @@ def main() -> None:
     torch.manual_seed(0)
     store = LatentStore(args.latents)
     if args.agent:
-        x, y = features(store, args.agent, "train", args.windows)
-        xv, yv = features(store, args.agent, "val", args.windows // 4)
+        model = load_agent(args.agent)[0]
+        x, y = features(store, model, "train", args.windows)
+        xv, yv = features(store, model, "val", args.windows // 4)
     else:
         x, y = pairs(store, split_episodes(store, "train"))
         xv, yv = pairs(store, split_episodes(store, "val"))
@@ -78,8 +78,15 @@ def main() -> None:
         opt.step()
     with torch.no_grad():
         pred = net((xv - mean) / std)[:, 0].numpy()
-    corr = float(np.corrcoef(pred, yv.numpy())[0, 1])
-    print(json.dumps({"val_reward_corr": corr, "train_pairs": len(x), "val_pairs": len(xv)}))
+    print(
+        json.dumps(
+            {
+                "val_reward_corr": correlation(pred, yv.numpy()),
+                "train_pairs": len(x),
+                "val_pairs": len(xv),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
