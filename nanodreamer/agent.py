@@ -213,25 +213,27 @@ def mtp_losses(
     """Behaviour cloning, reward and continuation losses of agent outputs h (B,T,D)."""
     targets = mtp_targets(batch, heads.config.mtp, window)
     bc = -log_prob(heads.policy_logits(h), targets["action"])
+    return {"bc": _mean(bc, targets["policy_mask"].float())} | outcome_losses(heads, h, targets)
+
+
+def outcome_losses(heads: AgentHeads, h: torch.Tensor, targets: dict) -> dict[str, torch.Tensor]:
+    """Reward and continuation losses of agent features h (..., D) against `mtp_targets`
+    (..., K): half for distance 0, the transition imagination reads, half for distances 1..L
+    (averaged over all, distance 0 would get only 1/(L+1) of the loss)."""
     reward = heads.twohot.loss(heads.reward(h), targets["reward"])
     cont = F.binary_cross_entropy_with_logits(
         heads.cont(h)[..., 0].float(), targets["cont"], reduction="none"
     )
-
-    def mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-
-    def now_and_ahead(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Half for distance 0, the transition imagination reads; half for distances 1..L
-        (averaged over all, distance 0 would get only 1/(L+1) of the loss)."""
-        return 0.5 * mean(x[..., :1], mask[..., :1]) + 0.5 * mean(x[..., 1:], mask[..., 1:])
-
     mask = targets["reward_mask"].float()
-    return {
-        "bc": mean(bc, targets["policy_mask"].float()),
-        "reward": now_and_ahead(reward, mask),
-        "cont": now_and_ahead(cont, mask),
-    }
+
+    def now_and_ahead(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * _mean(x[..., :1], mask[..., :1]) + 0.5 * _mean(x[..., 1:], mask[..., 1:])
+
+    return {"reward": now_and_ahead(reward), "cont": now_and_ahead(cont)}
+
+
+def _mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def data_value_loss(

@@ -56,6 +56,9 @@ class AgentSettings:
     value_gamma: float | None = knob(
         0.9, "also fit the value to the data's returns with this discount (none: off)"
     )
+    head_fit_steps: int = knob(
+        0, "then refit the reward and continuation heads on the frozen features (updates)"
+    )
 
 
 @dataclass
@@ -110,7 +113,8 @@ RECIPES = {
         ),
     ),
     # every Atari game (the Atari 100k protocol, `envs.atari`): 100k agent steps in 3 rounds,
-    # a longer discount for rewards that come later (bench/log/atari-recipe.md)
+    # a longer discount for rewards that come later, the sparse reward's heads refit on the
+    # frozen features (bench/log/atari-recipe.md)
     "atari": RoundsConfig(
         env="atari:Boxing",
         rounds=3,
@@ -120,7 +124,7 @@ RECIPES = {
         minutes=35.0,
         collect=EnvSettings(action_repeat=1, max_episode_steps=None, max_gas=None),
         dynamics=DynamicsSettings(action_bins=None),
-        agent=AgentSettings(value_gamma=0.97),
+        agent=AgentSettings(value_gamma=0.97, head_fit_steps=3000),
         imagination=ImaginationSettings(gamma=0.97),
     ),
 }

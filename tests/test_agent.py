@@ -479,6 +479,46 @@ def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
     assert reward[1, 0] == pytest.approx(-1.6, abs=0.5), reward
 
 
+def test_head_fit_learns_the_reward_on_frozen_features(tmp_path):
+    """reward[t] = 2 action[t, 0] after a 2-update phase 2: `--head-fit-steps` refits only the
+    reward and continuation heads, on every training frame's streamed features, until their
+    distance-0 reward follows the rule; every other weight equals the run without it."""
+    from conftest import synthetic_episode
+
+    from nanodreamer.data import EpisodeStore
+    from nanodreamer.data.latents import encode_dataset
+    from nanodreamer.runs import load_agent
+    from nanodreamer.train.agent import streamed_features
+
+    data = tmp_path / "data"
+    with EpisodeStore.create(data, env="synthetic", obs_shape=(16, 16, 3), action_dim=2) as store:
+        for i in range(6):
+            episode = synthetic_episode(60, i, 16)
+            episode["reward"] = 2 * episode["action"][:, 0] * (np.arange(60) > 0)
+            store.add(episode)
+    train_world_model(tmp_path, data, steps=2)
+    for name, flags in (("plain", ""), ("fit", "--head-fit-steps 300")):
+        cli(f"train agent --data {data} --world-model {tmp_path}/dyn --out {tmp_path}/{name} "
+            f"--steps 2 --batch-size 4 {flags}")  # fmt: skip
+    plain, _ = load_agent(tmp_path / "plain")
+    fit, info = load_agent(tmp_path / "fit")
+    assert info["head_fit_steps"] == 300
+    refit = ("heads.reward.", "heads.cont.")
+    for key, value in plain.state_dict().items():
+        if not key.startswith(refit):
+            torch.testing.assert_close(fit.state_dict()[key], value, msg=key)
+
+    def reward_corr(model) -> float:
+        latents = encode_dataset(data, info["tokenizer"])
+        h, targets = streamed_features(model, latents, 0)
+        with torch.no_grad():
+            predicted = model.heads.twohot.decode(model.heads.reward(h, 1)[:, 0])
+        rule = targets["reward"][1:, 0]
+        return np.corrcoef(predicted[1:].numpy(), rule.numpy())[0, 1]
+
+    assert reward_corr(fit) > 0.9 > reward_corr(plain) + 0.3
+
+
 def test_phase2_value_learns_the_discounted_return_of_the_data(tmp_path):
     """Reward 1 on every step of never-ending (truncated) episodes: with --value-gamma 0.5 the
     value of every state is 1 / (1 - 0.5) = 2, learned from windows of 8 frames by bootstrapping

@@ -115,7 +115,7 @@ def test_discrete_actions_through_rounds(tmp_path, monkeypatch, capsys):
     main(
         f"rounds --recipe atari --env atari:Pong --out {out} --rounds 2 --first-steps 250 "
         "--steps-per-round 150 --first-minutes 0.12 --minutes 0.06 --eval-episodes 1 "
-        "--workers 1 --no-figures".split()  # the discrete figures: the tests above
+        "--workers 1 --head-fit-steps 50 --no-figures".split()  # the figures: the tests above
     )
     store = EpisodeStore(out / "data")
     assert sum(e["length"] - 1 for e in store.episodes) == 400
@@ -124,6 +124,7 @@ def test_discrete_actions_through_rounds(tmp_path, monkeypatch, capsys):
     results = json.loads((out / "rounds.json").read_text())
     agent = json.loads((out / "round_1" / "agent" / "run.json").read_text())
     assert agent["agent_config"]["action_bins"] == 6 and agent["value_gamma"] == 0.97
+    assert agent["head_fit_steps"] == 50
     real = results[-1]["real_env"]
     assert {"return_mean", "bc_best_return_mean", "random_return_mean"} <= set(real)
     assert "round 1: imagination" in capsys.readouterr().out

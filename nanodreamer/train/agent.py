@@ -8,12 +8,22 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm, trange
 
-from nanodreamer.agent import AgentConfig, AgentModel, data_value_loss, mtp_losses
-from nanodreamer.data import WindowDataset
+from nanodreamer.agent import (
+    AgentConfig,
+    AgentModel,
+    data_value_loss,
+    mtp_losses,
+    mtp_targets,
+    outcome_losses,
+)
+from nanodreamer.data import WindowDataset, split_episodes
 from nanodreamer.data.latents import encode_dataset
+from nanodreamer.data.sampler import labelled_episodes
 from nanodreamer.dynamics import Dynamics, DynamicsConfig, latent_batch, shortcut_forcing_loss
 from nanodreamer.errors import UserError
 from nanodreamer.nn.normalize import RunningRMS
@@ -21,7 +31,7 @@ from nanodreamer.recipes import AgentSettings
 from nanodreamer.runs import load_weights, read_run
 from nanodreamer.train.distributed import Distributed
 from nanodreamer.train.dynamics import check_actions_match
-from nanodreamer.train.trainer import TrainConfig, window_batches
+from nanodreamer.train.trainer import Phase, TrainConfig, window_batches
 
 AGENT_TRAIN = TrainConfig(steps=2000, batch_size=8, lr=3e-4, warmup=100)
 
@@ -38,6 +48,45 @@ def validation_batch(latents, seq_len: int, count: int, model: nn.Module) -> dic
     device = next(model.parameters()).device
     batch = torch.utils.data.default_collate([data[i] for i in range(count)])
     return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def streamed_features(model: AgentModel, store, episode: int, chunk: int = 64):
+    """One whole episode of a latent cache fed through the transformer's key/value cache, as
+    when acting, so every frame has its whole context: its agent features (T,D) and its
+    `mtp_targets` (T,K)."""
+    ep = store.load(episode, ("latents", "action", "reward", "is_first", "is_terminal"))
+    device = next(model.parameters()).device
+    batch = {k: torch.from_numpy(np.array(v))[None].to(device) for k, v in ep.items()}
+    batch["valid"] = torch.ones_like(batch["is_first"])
+    inputs = (batch["latents"].float(), batch["action"].float(), ~batch["is_first"])
+    cache = model.dynamics.new_cache()
+    chunks = range(0, len(ep["action"]), chunk)
+    h = torch.cat([model.observe(*(x[:, t : t + chunk] for x in inputs), cache) for t in chunks], 1)
+    targets = mtp_targets(batch, model.heads.config.mtp, window=1)  # every context complete
+    return h[0], {k: v[0] for k, v in targets.items()}
+
+
+def fit_heads(model: AgentModel, store, steps: int, batch_size=512, lr=1e-3, seed=0) -> dict:
+    """The reward and continuation heads refit on the frozen transformer's features of every
+    action-labelled training frame, `steps` updates of `batch_size` frames. Phase 2 shows the
+    heads each frame about once, while they read features that still move; a sparse reward
+    (Boxing: 3% of the steps) needs many passes (bench/log/atari-recipe.md)."""
+    labelled = labelled_episodes(store)
+    episodes = [i for i in split_episodes(store, "train") if labelled[i]]
+    parts = [streamed_features(model, store, i) for i in tqdm(episodes, desc="head fit: features")]
+    h = torch.cat([features for features, _ in parts])  # (N,D)
+    targets = {k: torch.cat([t[k] for _, t in parts]) for k in parts[0][1]}  # (N,K)
+    heads = model.heads
+    optimizer = torch.optim.AdamW([*heads.reward.parameters(), *heads.cont.parameters()], lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in trange(steps, desc="head fit"):
+        i = torch.randint(len(h), (batch_size,), generator=generator).to(h.device)
+        losses = outcome_losses(heads, h[i], {k: v[i] for k, v in targets.items()})
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+    return {"frames": len(h)} | {k: v.item() for k, v in losses.items()}
 
 
 class AgentObjective(nn.Module):
@@ -64,7 +113,7 @@ class AgentObjective(nn.Module):
         return self.norm(terms), metrics | {k: v.detach() for k, v in terms.items()}
 
 
-class AgentPhase:
+class AgentPhase(Phase):
     name = "agent"
 
     def __init__(
@@ -76,7 +125,8 @@ class AgentPhase:
         the transformer always starts from `world_model`."""
         info = read_run(world_model, "dynamics")
         self.train, self.world_model, self.info, self.init = train, Path(world_model), info, init
-        self.value_gamma = (settings or AgentSettings()).value_gamma
+        self.settings = settings or AgentSettings()
+        self.value_gamma = self.settings.value_gamma
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.latents = encode_dataset(data, info["tokenizer"], device)
         config = replace(DynamicsConfig(**info["model_config"]), agent_tokens=1)
@@ -121,6 +171,10 @@ class AgentPhase:
         window = model.dynamics.config.window
         return {k: v.item() for k, v in mtp_losses(model.heads, features, batch, window).items()}
 
+    def finish(self, model: AgentModel) -> None:
+        if self.settings.head_fit_steps:
+            fit_heads(model, self.latents, self.settings.head_fit_steps, seed=self.train.seed)
+
     def run_info(self) -> dict:
         return {
             "model_config": asdict(self.model.dynamics.config),
@@ -131,4 +185,5 @@ class AgentPhase:
             "tokenizer_fingerprint": self.info["tokenizer_fingerprint"],
             "init": str(Path(self.init).resolve()) if self.init else None,
             "value_gamma": self.value_gamma,
+            "head_fit_steps": self.settings.head_fit_steps,
         }

@@ -15,7 +15,7 @@ from nanodreamer.eval.dynamics import evaluate_dynamics
 from nanodreamer.recipes import DynamicsSettings
 from nanodreamer.runs import fingerprint, load_tokenizer, load_weights
 from nanodreamer.train.distributed import Distributed
-from nanodreamer.train.trainer import TrainConfig, window_batches
+from nanodreamer.train.trainer import Phase, TrainConfig, window_batches
 from nanodreamer.world import WorldModel
 
 # Every 8th step trains on windows twice the context (SPEC: short batches with occasional
@@ -43,7 +43,7 @@ class DynamicsObjective(nn.Module):
         return loss, metrics
 
 
-class DynamicsPhase:
+class DynamicsPhase(Phase):
     name = "dynamics"
 
     def __init__(

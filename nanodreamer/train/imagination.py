@@ -33,7 +33,7 @@ from nanodreamer.recipes import ImaginationSettings
 from nanodreamer.runs import load_agent, load_tokenizer, load_weights, read_run
 from nanodreamer.train.agent import validation_batch
 from nanodreamer.train.distributed import Distributed
-from nanodreamer.train.trainer import TrainConfig, window_batches
+from nanodreamer.train.trainer import Phase, TrainConfig, window_batches
 
 IMAGINATION_TRAIN = TrainConfig(steps=1000, batch_size=16, lr=3e-4, warmup=50)
 LAMBDA, ALPHA = 0.95, 0.5  # lambda-return mixing; PMPO's weight of positive advantages (SPEC)
@@ -129,7 +129,7 @@ class ImaginationObjective(nn.Module):
         return policy_loss + value_loss, metrics
 
 
-class ImaginationPhase:
+class ImaginationPhase(Phase):
     name = "imagination"
 
     def __init__(

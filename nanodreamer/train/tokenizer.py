@@ -13,7 +13,7 @@ from nanodreamer.data.latents import check_dataset_matches
 from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
 from nanodreamer.tokenizer import Tokenizer, TokenizerConfig, frames_from_uint8
 from nanodreamer.train.distributed import Distributed
-from nanodreamer.train.trainer import TrainConfig
+from nanodreamer.train.trainer import Phase, TrainConfig
 
 # Training defaults per preset (tuned for throughput: quality in a time budget follows steps).
 TRAIN_PRESETS = {
@@ -33,7 +33,7 @@ class TokenizerObjective(nn.Module):
         return self.tokenizer.loss(frames_from_uint8(batch["obs"]), batch["valid"])
 
 
-class TokenizerPhase:
+class TokenizerPhase(Phase):
     name = "tokenizer"
 
     def __init__(self, data: str | Path, config: TokenizerConfig, train: TrainConfig):

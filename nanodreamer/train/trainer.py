@@ -121,6 +121,9 @@ class Phase(Protocol):
 
     def run_info(self) -> dict: ...
 
+    def finish(self, model: nn.Module) -> None:
+        """After the last update, before the final save (phase 2: `agent.fit_heads`)."""
+
 
 def learning_rate(cfg: TrainConfig, progress: float, step: int) -> float:
     """Linear warm-up over `warmup` steps, then cosine from lr to lr * min_lr_ratio."""
@@ -314,12 +317,15 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", fps=f"{row['frames_per_s']:.0f}")
                 # a step may overrun the budget; tqdm drops a total it has passed
                 bar.update(min(time.perf_counter() - tick, bar.total - bar.n) if by_time else 1)
+                if finished:
+                    self._finish()
                 if self.step % cfg.eval_every == 0 or finished:
                     last_eval = self._evaluate(logger)
                 if self.step % cfg.save_every == 0 or finished:
                     self.finished = finished
                     self.save()
             if not self.finished:  # resumed with nothing left to train
+                self._finish()
                 self.finished = True
                 self.save()
         finally:
@@ -327,6 +333,11 @@ class Trainer:
             if logger:
                 logger.close()
         return last_eval
+
+    def _finish(self) -> None:
+        if self.env.main:
+            self.phase.finish(self.eval_model)
+        self.env.barrier()
 
     def _summarise(self, rows: list[dict], items: int, start: float, lr: float) -> dict[str, float]:
         keys = rows[0].keys()
