@@ -77,15 +77,16 @@ def round_dir(out: Path, r: int) -> Path:
 
 def _collect(data: Path, c: RoundsConfig, r: int) -> None:
     """Top the dataset up to its size at round r, in episodes or, with `first_steps`, agent
-    steps: `first_*` random ones before round 0; before each later round a random share of
-    the round's, the rest from the previous round's policy."""
+    steps (`action_repeat` per recorded decision): `first_*` random ones before round 0; before
+    each later round a random share of the round's, the rest from the previous round's policy."""
     by_steps = c.first_steps is not None
     first, per = (c.first_steps, c.steps_per_round) if by_steps else (
         c.first_episodes, c.episodes_per_round)  # fmt: skip
     if by_steps and per is None:
         raise UserError("--first-steps needs --steps-per-round")
     entries = EpisodeStore(data).episodes if (data / "manifest.json").exists() else []
-    size = (lambda e: e["length"] - 1) if by_steps else (lambda e: 1)  # noqa: E731
+    repeat = c.collect.action_repeat
+    size = (lambda e: (e["length"] - 1) * repeat) if by_steps else (lambda e: 1)  # noqa: E731
     have_random = sum(size(e) for e in entries if e.get("policy", "random") == "random")
     have_policy = sum(size(e) for e in entries) - have_random
     randoms = round(c.random_share * per) if r else 0
@@ -97,7 +98,7 @@ def _collect(data: Path, c: RoundsConfig, r: int) -> None:
         options["frames"] = data.parent / "frames"
 
     def amount(need: int) -> dict:
-        return {"episodes": None, "steps": need} if by_steps else {"episodes": need}
+        return {"episodes": None, "steps": -(-need // repeat)} if by_steps else {"episodes": need}
 
     if need_random > 0:
         collect(c.env, data, **amount(need_random), **options)

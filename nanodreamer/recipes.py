@@ -81,7 +81,9 @@ class RoundsConfig:
     rounds: int = knob(2, "rounds, round 0 included")
     first_episodes: int = knob(100, "random episodes before round 0")
     episodes_per_round: int = knob(50, "episodes added before each later round")
-    first_steps: int | None = knob(None, "random agent steps before round 0, instead of episodes")
+    first_steps: int | None = knob(
+        None, "random agent steps before round 0 (action repeat counted), instead of episodes"
+    )
     steps_per_round: int | None = knob(None, "agent steps added before each later round")
     random_share: float = knob(0.2, "of those, random-policy ones")
     first_minutes: float | None = knob(75.0, "round 0's training budget (none: --minutes)")
@@ -113,8 +115,8 @@ RECIPES = {
         ),
     ),
     # every Atari game (the Atari 100k protocol, `envs.atari`): 100k agent steps in 3 rounds,
-    # a longer discount for rewards that come later, the sparse reward's heads refit on the
-    # frozen features (bench/log/atari-recipe.md)
+    # a decision held for 2 of them, a longer discount for rewards that come later, the
+    # sparse reward's heads refit on the frozen features (bench/log/atari-recipe.md)
     "atari": RoundsConfig(
         env="atari:Boxing",
         rounds=3,
@@ -122,7 +124,7 @@ RECIPES = {
         steps_per_round=25_000,
         first_minutes=70.0,
         minutes=35.0,
-        collect=EnvSettings(action_repeat=1, max_episode_steps=None, max_gas=None),
+        collect=EnvSettings(action_repeat=2, max_episode_steps=None, max_gas=None),
         dynamics=DynamicsSettings(action_bins=None),
         agent=AgentSettings(value_gamma=0.97, head_fit_steps=3000),
         imagination=ImaginationSettings(gamma=0.97),
@@ -156,7 +158,7 @@ def derived_recipe(env: str) -> RoundsConfig:
     discrete = envs.action_bins(probe) is not None
     probe.close()
     config = recipe("atari")
-    config.env = env
+    config.env, config.collect.action_repeat = env, 1
     config.collect.resolution = 64 if size > 96 else None
     config.dynamics.action_bins = None if discrete else RECIPES["car-racing"].dynamics.action_bins
     return config

@@ -12,7 +12,7 @@ from nanodreamer import envs
 from nanodreamer.data import EpisodeStore, collect
 from nanodreamer.envs import atari
 from nanodreamer.eval.replay import Replay, alternative_actions
-from nanodreamer.recipes import recipe_for
+from nanodreamer.recipes import recipe, recipe_for
 
 
 def raw_game(name: str) -> gym.Env:
@@ -66,13 +66,14 @@ def test_life_loss_ends_training_episodes_only_and_the_budget_counts_every_step(
     assert store.episodes[0]["terminated"]  # a random Breakout game ends within 333 steps
     assert episode["is_terminal"][1:-1].sum() == 4  # 5 lives: 4 lost mid-game, then the end
     assert not store.episodes[-1]["terminated"]  # cut by the budget: truncated
-    env = envs.make("atari:Breakout")  # the env plays on after a lost life
-    env.reset(seed=0)
-    lost, done = 0, False
-    while not done:
-        _, _, terminated, truncated, info = env.step(env.action_space.sample())
-        lost, done = lost + info["life_loss"], terminated or truncated
-    assert lost == 4 and env.unwrapped.ale.lives() == 0
+    for repeat in (1, 2):  # the env plays on after a lost life; one on either repeat counts
+        env = envs.make("atari:Breakout", action_repeat=repeat)
+        env.reset(seed=0)
+        lost, done = 0, False
+        while not done:
+            _, _, terminated, truncated, info = env.step(env.action_space.sample())
+            lost, done = lost + info["life_loss"], terminated or truncated
+        assert lost == 4 and env.unwrapped.ale.lives() == 0
 
 
 @pytest.mark.parametrize("sticky", [0.0, 0.25])
@@ -106,21 +107,21 @@ def test_recipes_for_atari_and_for_any_gymnasium_pixel_env():
 
 
 def test_discrete_actions_through_rounds(tmp_path, monkeypatch, capsys):
-    """The Atari recipe on a tiny budget: games capped at 100 agent steps, one worker (so the
-    cap, patched here, holds in the collecting process)."""
+    """The Atari recipe on a tiny budget: games capped at 200 agent steps (100 decisions), one
+    worker (so the cap, patched here, holds in the collecting process)."""
     from nanodreamer.cli import main
 
-    monkeypatch.setitem(atari.PROTOCOL, "max_num_frames_per_episode", 400)
+    monkeypatch.setitem(atari.PROTOCOL, "max_num_frames_per_episode", 800)
     out = tmp_path / "pong"
     main(
         f"rounds --recipe atari --env atari:Pong --out {out} --rounds 2 --first-steps 250 "
-        "--steps-per-round 150 --first-minutes 0.12 --minutes 0.06 --eval-episodes 1 "
+        "--steps-per-round 250 --first-minutes 0.12 --minutes 0.06 --eval-episodes 1 "
         "--workers 1 --head-fit-steps 50 --no-figures".split()  # the figures: the tests above
     )
-    store = EpisodeStore(out / "data")
-    assert sum(e["length"] - 1 for e in store.episodes) == 400
-    policy_steps = sum(e["length"] - 1 for e in store.episodes if e["policy"] != "random")
-    assert policy_steps == 120  # the later round: 20% random, the rest the policy's
+    store, repeat = EpisodeStore(out / "data"), recipe("atari").collect.action_repeat
+    assert sum(e["length"] - 1 for e in store.episodes) * repeat == 500  # agent steps
+    policy = sum(e["length"] - 1 for e in store.episodes if e["policy"] != "random") * repeat
+    assert policy == 200  # the later round: 20% random, the rest the policy's
     results = json.loads((out / "rounds.json").read_text())
     agent = json.loads((out / "round_1" / "agent" / "run.json").read_text())
     assert agent["agent_config"]["action_bins"] == 6 and agent["value_gamma"] == 0.97

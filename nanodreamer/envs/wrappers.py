@@ -16,7 +16,8 @@ from nanodreamer.envs.car_racing import frames_skipped, redrawn
 
 
 class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Repeat each action `repeat` times, summing rewards and stopping at episode end. Frames
+    """Repeat each action `repeat` times, summing rewards and stopping at episode end (a life
+    lost on any repeat is `info["life_loss"]` of the whole step, Atari's `LifeLoss`). Frames
     that are not returned are not drawn where the env allows it (`frames_skipped`), unless
     `keep_frames`: then every repeat's frame is drawn and returned in `info["frames"]`
     (repeat, *obs shape), the last one repeated after an early end, with `info["frame_count"]`
@@ -30,17 +31,20 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.repeat, self.keep_frames = repeat, keep_frames
 
     def step(self, action):
-        total, frames = 0.0, []
+        total, frames, life_lost = 0.0, [], False
         for i in range(self.repeat):
             draw = self.keep_frames or i == self.repeat - 1  # else nobody reads this frame
             with nullcontext() if draw else frames_skipped(self.env):
                 obs, reward, terminated, truncated, info = self.env.step(action)
             total = total + reward  # a float, or one per car for multi-car racing
             frames.append(obs)
+            life_lost |= info.get("life_loss", False)
             if terminated or truncated:
                 if not draw:  # ended early: draw the frame it ended on
                     obs = redrawn(self.env, obs)
                 break
+        if "life_loss" in info:
+            info["life_loss"] = life_lost and not terminated
         if self.keep_frames:  # a fixed shape, so that vector envs can stack it
             info = info | {"frames": np.stack(frames + [obs] * (self.repeat - len(frames))),
                            "frame_count": len(frames)}  # fmt: skip
