@@ -433,23 +433,29 @@ def test_cached_latents_and_agent_features_equal_what_acting_computes(agent_runs
         )
 
 
-def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
-    """reward[t] = 2 action[t, 0]: after phase 2, forcing two different actions at one
-    imagination step gives the two rewards the rule says."""
+def action_reward_store(data):
+    """6 synthetic episodes of 60 steps whose reward[t] is 2 action[t, 0]."""
     from conftest import synthetic_episode
 
-    from nanodreamer.agent import rollout_from, transition_rewards
     from nanodreamer.data import EpisodeStore
-    from nanodreamer.data.latents import encode_dataset
-    from nanodreamer.dynamics import latent_batch
-    from nanodreamer.runs import load_agent
 
-    data = tmp_path / "data"
     with EpisodeStore.create(data, env="synthetic", obs_shape=(16, 16, 3), action_dim=2) as store:
         for i in range(6):
             episode = synthetic_episode(60, i, 16)
             episode["reward"] = 2 * episode["action"][:, 0] * (np.arange(60) > 0)
             store.add(episode)
+    return data
+
+
+def test_reward_of_an_action_is_learned_and_used_in_imagination(tmp_path):
+    """reward[t] = 2 action[t, 0]: after phase 2, forcing two different actions at one
+    imagination step gives the two rewards the rule says."""
+    from nanodreamer.agent import rollout_from, transition_rewards
+    from nanodreamer.data.latents import encode_dataset
+    from nanodreamer.dynamics import latent_batch
+    from nanodreamer.runs import load_agent
+
+    data = action_reward_store(tmp_path / "data")
     cli(f"train tokenizer --data {data} --out {tmp_path}/tok --steps 2 --seq-len 4")
     cli(
         f"train dynamics --data {data} --tokenizer {tmp_path}/tok --out {tmp_path}/dyn "
@@ -483,19 +489,11 @@ def test_head_fit_learns_the_reward_on_frozen_features(tmp_path):
     """reward[t] = 2 action[t, 0] after a 2-update phase 2: `--head-fit-steps` refits only the
     reward and continuation heads, on every training frame's streamed features, until their
     distance-0 reward follows the rule; every other weight equals the run without it."""
-    from conftest import synthetic_episode
-
-    from nanodreamer.data import EpisodeStore
     from nanodreamer.data.latents import encode_dataset
     from nanodreamer.runs import load_agent
     from nanodreamer.train.agent import streamed_features
 
-    data = tmp_path / "data"
-    with EpisodeStore.create(data, env="synthetic", obs_shape=(16, 16, 3), action_dim=2) as store:
-        for i in range(6):
-            episode = synthetic_episode(60, i, 16)
-            episode["reward"] = 2 * episode["action"][:, 0] * (np.arange(60) > 0)
-            store.add(episode)
+    data = action_reward_store(tmp_path / "data")
     train_world_model(tmp_path, data, steps=2)
     for name, flags in (("plain", ""), ("fit", "--head-fit-steps 300")):
         cli(f"train agent --data {data} --world-model {tmp_path}/dyn --out {tmp_path}/{name} "
