@@ -126,7 +126,6 @@ class AgentPhase(Phase):
         info = read_run(world_model, "dynamics")
         self.train, self.world_model, self.info, self.init = train, Path(world_model), info, init
         self.settings = settings or AgentSettings()
-        self.value_gamma = self.settings.value_gamma
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.latents = encode_dataset(data, info["tokenizer"], device)
         config = replace(DynamicsConfig(**info["model_config"]), agent_tokens=1)
@@ -147,7 +146,7 @@ class AgentPhase(Phase):
         dynamics = Dynamics(DynamicsConfig(**info["model_config"]))
         load_weights(world_model, dynamics)
         self._start_from(dynamics)
-        self.objective = AgentObjective(self.model, self.value_gamma)
+        self.objective = AgentObjective(self.model, self.settings.value_gamma)
 
     @torch.no_grad()
     def _start_from(self, dynamics: Dynamics) -> None:
@@ -184,6 +183,4 @@ class AgentPhase(Phase):
             "tokenizer": self.info["tokenizer"],
             "tokenizer_fingerprint": self.info["tokenizer_fingerprint"],
             "init": str(Path(self.init).resolve()) if self.init else None,
-            "value_gamma": self.value_gamma,
-            "head_fit_steps": self.settings.head_fit_steps,
-        }
+        } | asdict(self.settings)  # value_gamma, head_fit_steps
