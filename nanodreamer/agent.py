@@ -4,9 +4,8 @@ Phase 2 trains a policy (a categorical over bins per action dimension), a reward
 (symexp two-hot) and a continuation head by multi-token prediction: from h_t, one output layer
 per distance predicts action[t+k] (k = 1..L), reward[t+k] and continuation[t+k] (k = 0..L).
 h_t has read action[t] and obs[t], so distance 0, the one imagination uses, gives the reward
-and continuation of the transition *into* frame t, which depend on the action taken. Phase 3
-trains the policy and a value head on imagined rollouts with PMPO. `AgentModel` is the dynamics
-transformer with agent tokens and these heads; `rollout_from` lets its policy act inside it.
+and continuation of the transition *into* frame t. Phase 3 trains the policy and a value head
+on imagined rollouts (`rollout_from`) with PMPO.
 """
 
 from __future__ import annotations
@@ -79,23 +78,19 @@ class AgentModel(nn.Module):
         """Transformer outputs (B,T,S,D) -> agent features h_t (B,T,D)."""
         return h[:, :, self.dynamics.layout.slice("agents")].mean(2)
 
-    def context_features(self, inputs: dict[str, torch.Tensor], noise=None) -> torch.Tensor:
-        """Agent features (B,T,D) of dataset windows fed in as context (`latent_batch`),
-        noised to the context signal level with `noise` (drawn when None)."""
+    def context_features(self, inputs: dict, noise=None, cache=None, task=None) -> torch.Tensor:
+        """Agent features (B,T,D) of frames fed in as context (`latent_batch` inputs), noised
+        to the context signal level with `noise` (drawn when None)."""
         z = inputs["z1"]
         noise = torch.randn_like(z) if noise is None else noise
         context = context_inputs(self.dynamics, z, inputs["action"], inputs["has_action"], noise)
-        _, h = self.dynamics(**context)
-        return self.features(h)
+        return self.features(self.dynamics(**context, task=task, cache=cache)[1])
 
     @torch.no_grad()
     def observe(self, z, action, has_action, cache: KVCache | None, task=None, noise=None):
-        """Feed frames z (B,T,N,Dl) as context (at the context signal level, with `noise` or
-        fresh noise) and return their agent features (B,T,D)."""
-        noise = torch.randn_like(z) if noise is None else noise
-        inputs = context_inputs(self.dynamics, z, action, has_action, noise)
-        _, h = self.dynamics(**inputs, task=task, cache=cache)
-        return self.features(h)
+        """`context_features` of frames z (B,T,N,Dl), no gradient, extending `cache`."""
+        inputs = {"z1": z, "action": action, "has_action": has_action}
+        return self.context_features(inputs, noise, cache, task)
 
 
 @torch.no_grad()
@@ -117,17 +112,13 @@ def rollout_from(model: AgentModel, state, cache: KVCache, horizon: int, actions
         states.append(state)
         taken.append(action)
         latents.append(z)
-    return {
-        "states": torch.stack(states, 1),
-        "actions": torch.stack(taken, 1),
-        "latents": torch.stack(latents, 1),
-    }
+    outputs = {"states": states, "actions": taken, "latents": latents}
+    return {k: torch.stack(v, 1) for k, v in outputs.items()}
 
 
 @torch.no_grad()
 def imagine_rollouts(model: AgentModel, batch: dict, horizon: int, steps: int = 4) -> dict:
-    """Start from dataset context windows and let the policy act for `horizon` steps inside the
-    frozen world model (`rollout_from`)."""
+    """`rollout_from` the end of dataset context windows, inside the frozen world model."""
     inputs = latent_batch(batch)
     cache = model.dynamics.new_cache()
     state = model.observe(inputs["z1"], inputs["action"], inputs["has_action"], cache)[:, -1]
@@ -138,6 +129,13 @@ def transition_rewards(heads: AgentHeads, states: torch.Tensor) -> torch.Tensor:
     """Rewards r_1..r_H (B,H) of the imagined transitions, from states h_0..h_H (B,H+1,D):
     the distance-0 reward head on h_{t+1}, the state that has read the action taken."""
     return heads.twohot.decode(heads.reward(states[:, 1:], 1)[:, :, 0])
+
+
+def continuation(heads: AgentHeads, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From states h_0..h_H (B,H+1,D): continuation c_1..c_H (B,H) and the probability (B,H)
+    that the episode is still running at each transition (1 for the first)."""
+    cont = torch.sigmoid(heads.cont(states[:, 1:], 1)[:, :, 0, 0].float())
+    return cont, torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
 
 
 # actions <-> bins ---------------------------------------------------------------------------------
@@ -177,9 +175,8 @@ def kl_categorical(logits: torch.Tensor, prior_logits: torch.Tensor) -> torch.Te
 
 # phase 2: multi-token prediction ------------------------------------------------------------------
 def complete_context(is_first: torch.Tensor, window: int) -> torch.Tensor:
-    """(B,T) bool: frames of a training window whose whole receptive field (the `window` frames
-    up to them, or back to the episode's start) lies inside the window. Only these are
-    computed exactly as when acting or imagining, so only these train the heads."""
+    """(B,T) bool: frames whose receptive field (`window` frames, or back to the episode's
+    start) lies inside the training window: computed as when acting, only these train heads."""
     t = torch.arange(is_first.shape[1], device=is_first.device)
     return (t >= window - 1)[None, :] | is_first[:, :1]
 
@@ -207,9 +204,7 @@ def mtp_targets(batch: dict[str, torch.Tensor], distances: int, window: int) -> 
     return targets
 
 
-def mtp_losses(
-    heads: AgentHeads, h: torch.Tensor, batch: dict, window: int
-) -> dict[str, torch.Tensor]:
+def mtp_losses(heads: AgentHeads, h: torch.Tensor, batch: dict, window: int) -> dict:
     """Behaviour cloning, reward and continuation losses of agent outputs h (B,T,D)."""
     targets = mtp_targets(batch, heads.config.mtp, window)
     bc = -log_prob(heads.policy_logits(h), targets["action"])
@@ -247,8 +242,7 @@ def data_value_loss(
     has_next = batch["valid"][:, 1:]
     returns = lambda_returns(reward, cont, value, gamma, lam, ends=~has_next)  # (B,T-1)
     mask = complete_context(batch["is_first"], window)[:, :-1] & has_next
-    loss = heads.twohot.loss(logits[:, :-1], returns)
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
+    return _mean(heads.twohot.loss(logits[:, :-1], returns), mask.float())
 
 
 # phase 3: imagination -----------------------------------------------------------------------------
@@ -279,7 +273,6 @@ def pmpo_loss(
     """PMPO: (1-alpha)/|D-| sum_{D-} ln pi - alpha/|D+| sum_{D+} ln pi + beta/N sum KL.
     States split by the sign of the advantage; no return normalisation, no entropy bonus."""
     positive = (advantage >= 0).float()
-    negative = 1 - positive
-    loss_neg = (1 - alpha) * (logp * negative).sum() / negative.sum().clamp(min=1)
-    loss_pos = -alpha * (logp * positive).sum() / positive.sum().clamp(min=1)
-    return loss_neg + loss_pos + beta * kl.mean()
+    return (
+        (1 - alpha) * _mean(logp, 1 - positive) - alpha * _mean(logp, positive) + beta * kl.mean()
+    )

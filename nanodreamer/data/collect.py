@@ -1,9 +1,6 @@
-"""Collect episodes with Gymnasium vector environments into an `EpisodeStore`.
-
-Each episode is reset with its own seed, derived from (--seed, episode number in the
-dataset) and kept in the manifest, so any episode can be replayed exactly, and appending to a
-dataset with the same --seed gives new episodes rather than copies.
-"""
+"""Collect episodes with Gymnasium vector environments into an `EpisodeStore`. Each episode is
+reset with its own seed, derived from (--seed, episode number) and kept in the manifest: any
+episode replays exactly, and appending with the same --seed gives new episodes, not copies."""
 
 from __future__ import annotations
 
@@ -28,12 +25,8 @@ class Policy(Protocol):
 
 
 class RandomPolicy:
-    """Uniform actions in [low, high] per dimension (default [-1, 1]), each held for a random
-    1..`hold` steps.
-
-    Holding explores better than fresh noise every step: in car racing the car actually turns
-    and accelerates instead of jittering in place.
-    """
+    """Uniform actions in [low, high] per dimension, each held for a random 1..`hold` steps:
+    in car racing the car then turns and accelerates instead of jittering in place."""
 
     def __init__(self, num_envs: int, action_dim: int, hold: int = 8, seed=0, low=-1.0, high=1.0):
         self.rng = np.random.default_rng(seed)
@@ -85,15 +78,11 @@ class _Recorder:
             steps.pop()
 
     def episode(self) -> dict[str, np.ndarray]:
-        is_first = np.zeros(len(self.obs), bool)
-        is_first[0] = True
-        return {
-            "obs": np.stack(self.obs),
-            "action": np.stack(self.action),
-            "reward": np.array(self.reward, np.float32),
-            "is_first": is_first,
-            "is_terminal": np.array(self.is_terminal),
-        }
+        arrays = dict(obs=np.stack(self.obs), action=np.stack(self.action))
+        arrays |= dict(
+            reward=np.array(self.reward, np.float32), is_terminal=np.array(self.is_terminal)
+        )
+        return arrays | {"is_first": np.arange(len(self.obs)) == 0}
 
     def frame_episodes(self, repeat: int) -> list[dict[str, np.ndarray]]:
         """Every stepped frame as `repeat` action-free episodes, one per phase of the action
@@ -124,26 +113,19 @@ def collect(
     frames: str | Path | None = None,
     progress: bool = True,
 ) -> EpisodeStore:
-    """Append `episodes` episodes of `env` to the dataset at `out` and return it (reopened).
-
-    `steps`: stop once this many agent steps are added (a step budget, as Atari 100k
-    counts), keeping the episodes then running as truncated ones; `episodes` None: no cap on
-    their number. A multi-car env gives one episode per car and race: `episodes` counts car
-    streams. An Atari life loss is a terminal step of the data (`envs.atari`).
-    `frames`: also append each episode's every stepped frame (all repeats of an action
-    repeat, drawn) to this action-free dataset, one episode per phase of the repeat, for the
-    tokenizer: `repeat` times the distinct images at no extra env steps.
+    """Append `episodes` episodes of `env` (multi-car: car streams) to the dataset at `out` and
+    return it. `steps`: stop after this many agent steps (Atari 100k's budget), keeping the
+    running episodes as truncated ones; `episodes` None: no cap. An Atari life loss is a
+    terminal step (`envs.atari`). `frames`: also append every stepped frame (all repeats of an
+    action) to this action-free dataset, one episode per phase of the repeat, for the tokenizer.
     """
     env_options = env_options or {}
     keep = {"keep_frames": True} if frames is not None else {}
     make_env = functools.partial(envs.make, env, **env_options, **keep)
     probe = make_env()
     cars = envs.num_streams(probe)
-    spaces = {
-        "obs_shape": probe.observation_space.shape[-3:],
-        "action_dim": probe.action_space.shape[-1],
-        "action_bins": envs.action_bins(probe),
-    }
+    spaces = dict(obs_shape=probe.observation_space.shape[-3:], action_bins=envs.action_bins(probe))
+    spaces["action_dim"] = probe.action_space.shape[-1]
     probe.close()
     store = EpisodeStore.create(out, env=env, env_options=env_options, **spaces)
     frame_store = None
@@ -202,9 +184,8 @@ def _run(store, frame_store, make_env, budget, num_envs, cars, seed, policy, pro
     try:
         while written < episodes and steps < max_steps:
             actions = np.clip(policy.act(obs, is_first), -1.0, 1.0).astype(np.float32)
-            obs, reward, terminated, truncated, info = venv.step(
-                actions.reshape(venv.action_space.shape)
-            )
+            stepped = venv.step(actions.reshape(venv.action_space.shape))
+            obs, reward, terminated, truncated, info = stepped
             obs, reward = obs.reshape(streams, *obs_shape), reward.reshape(streams)
             steps += streams
             if total != episodes:

@@ -1,10 +1,6 @@
-"""Latent cache: every episode encoded once by a frozen tokenizer (eval mode, no masking, no
-gradient), so dynamics training never runs the tokenizer.
-
-Stored in `DATA/latents/<fingerprint>/`, where the fingerprint hashes the tokenizer's weights:
-a retrained tokenizer gets a new cache, never a stale one. Latents are float16 `.npy` files,
-memory-mapped when read; actions, rewards and flags are read from the episode files.
-"""
+"""Latent cache: every episode encoded once by a frozen tokenizer, so dynamics training never
+runs it. In `DATA/latents/<fingerprint of the tokenizer's weights>/` (a retrained tokenizer
+gets a new cache): float16 `.npy` files, memory-mapped; the rest is read from the episodes."""
 
 from __future__ import annotations
 
@@ -38,11 +34,8 @@ class LatentStore:
         self.manifest = json.loads(manifest.read_text())
         self.data = EpisodeStore(self.manifest["data"])
         self._data_index = {e["file"]: i for i, e in enumerate(self.data.episodes)}
-        self.episodes = [
-            self.data.episodes[self._data_index[f]]
-            for f in self.manifest["encoded"]
-            if f in self._data_index
-        ]
+        known = [f for f in self.manifest["encoded"] if f in self._data_index]
+        self.episodes = [self.data.episodes[self._data_index[f]] for f in known]
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -83,17 +76,11 @@ def encode_dataset(
     folder = store.path / "latents" / fingerprint(tokenizer_run)
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "manifest.json"
-    manifest = (
-        json.loads(manifest_path.read_text())
-        if manifest_path.is_file()
-        else {
-            "data": str(store.path.resolve()),
-            "tokenizer": str(Path(tokenizer_run).resolve()),
-            "n_latents": tokenizer.config.n_latents,
-            "latent_dim": tokenizer.config.latent_dim,
-            "encoded": [],
-        }
-    )
+    c = tokenizer.config
+    manifest = {"data": str(store.path.resolve()), "tokenizer": str(Path(tokenizer_run).resolve())}
+    manifest |= {"n_latents": c.n_latents, "latent_dim": c.latent_dim, "encoded": []}
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
     done = set(manifest["encoded"])
     for index, entry in enumerate(tqdm(store.episodes, desc="encode latents", unit="ep")):
         if entry["file"] in done:

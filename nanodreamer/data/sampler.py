@@ -1,15 +1,11 @@
 """Training windows: fixed-length slices of T frames that never cross episode boundaries.
 
-Item `i` of a `WindowDataset` is a pure function of (seed, i): the dataset has no state that
-depends on which worker asks, so a `DataLoader` with any number of workers yields the same
-batches, and a resumed run that starts at item `step * batch_size` sees the same data as an
-uninterrupted one. Windows are drawn uniformly over all valid start positions of the split, so
-every frame is equally likely. An episode shorter than T gives one window, zero-padded at the
-end, with `valid` False on the padding (losses ignore those frames). `has_action` says which
-frames carry a known action: not an episode's first frame, not an action-free episode's.
-
-Episodes are read lazily, each worker keeping a small LRU cache of decoded episodes, so
-datasets larger than RAM work.
+Item `i` of a `WindowDataset` is a pure function of (seed, i), so any number of loader workers
+yields the same batches and a resumed run sees the same data as an uninterrupted one. Windows
+are drawn uniformly over the split's start positions; an episode shorter than T gives one
+window, zero-padded, `valid` False on the padding. `has_action` marks frames with a known
+action (not an episode's first, not an action-free episode's). Episodes are read lazily
+through a small LRU cache per worker, so datasets larger than RAM work.
 """
 
 from __future__ import annotations
@@ -27,12 +23,9 @@ from nanodreamer.errors import UserError
 
 
 def split_episodes(store: EpisodeStore, split: str, val_fraction: float = 0.1) -> list[int]:
-    """Indices of the episodes in `split` ("train", "val" or "all").
-
-    An episode's split is decided by a hash of its file name (or of `split_of`: `collect
-    --frames` episodes share their dataset episode's split), so it never changes when the
-    dataset grows. With two or more episodes, each split gets at least one.
-    """
+    """Indices of the episodes in `split` ("train", "val" or "all"), by a hash of each file
+    name (or its `split_of`: frame episodes share their dataset episode's split), so a growing
+    dataset never moves an episode. With two or more episodes, each split gets one at least."""
     if split == "all":
         return list(range(len(store)))
     keys = [e.get("split_of", e["file"]) for e in store.episodes]
@@ -51,12 +44,8 @@ def split_episodes(store: EpisodeStore, split: str, val_fraction: float = 0.1) -
 
 
 def labelled_episodes(store, labelled_frac: float = 1.0, seed: int = 0) -> np.ndarray:
-    """(episodes,) bool: the episodes whose actions training may read.
-
-    `labelled_frac` < 1 hides the actions of all but round(F x labelled) of the labelled
-    episodes (an experiment: how much labelled data does action conditioning need?). The kept
-    ones are those first in an order hashed from (seed, file name): per episode, deterministic
-    under the seed, the same in every split and worker."""
+    """(episodes,) bool: the episodes whose actions training may read. `labelled_frac` < 1
+    keeps round(F x labelled) of them, first in an order hashed from (seed, file name)."""
     if not 0.0 <= labelled_frac <= 1.0:
         raise UserError(f"labelled_frac must lie in [0, 1], got {labelled_frac}")
     labelled = np.array([e.get("actions", True) for e in store.episodes], bool)
@@ -68,12 +57,9 @@ def labelled_episodes(store, labelled_frac: float = 1.0, seed: int = 0) -> np.nd
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Map-style dataset of windows; any non-negative index is valid (an endless stream).
-
-    `len()` is the number of frames in the split, a nominal epoch. `labelled` (episodes,)
-    overrides which episodes have actions (default: the store's marker); `labelled_only` keeps
-    only those (the agent phases: behaviour cloning and rewards need them).
-    """
+    """Map-style dataset of windows; any index >= 0 is valid, `len()` (the split's frames) is
+    a nominal epoch. `labelled` (episodes,) overrides which episodes have actions;
+    `labelled_only` keeps only those (the agent phases)."""
 
     def __init__(
         self,
@@ -126,11 +112,10 @@ class WindowDataset(torch.utils.data.Dataset):
         if length < self.seq_len:
             window = {k: _pad(v, self.seq_len) for k, v in window.items()}
         out = {k: torch.from_numpy(np.array(v)) for k, v in window.items()}  # copies memmaps
-        out["valid"] = torch.from_numpy(valid)
+        out |= {"valid": torch.from_numpy(valid), "episode": torch.tensor(episode_id)}
+        out["start"] = torch.tensor(start)
         if "is_first" in out:
             out["has_action"] = ~out["is_first"] & bool(self.labelled[episode_id])
-        out["episode"] = torch.tensor(episode_id)
-        out["start"] = torch.tensor(start)
         return out
 
     def _episode(self, episode_id: int) -> dict[str, np.ndarray]:
@@ -172,15 +157,7 @@ class StepSampler(torch.utils.data.Sampler):
         return 1 << 62
 
 
-def window_loader(
-    dataset: WindowDataset,
-    batch_size: int,
-    *,
-    start_step: int = 0,
-    rank: int = 0,
-    world: int = 1,
-    workers: int = 0,
-) -> torch.utils.data.DataLoader:
+def window_loader(dataset, batch_size: int, *, start_step=0, rank=0, world=1, workers=0):
     """Endless loader of batches; pass the step to resume from to continue the same stream."""
     return torch.utils.data.DataLoader(
         dataset,

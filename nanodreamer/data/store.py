@@ -88,13 +88,8 @@ class EpisodeStore:
     ) -> EpisodeStore:
         """Create a dataset, or open an existing one for appending if it holds the same env."""
         path = Path(path)
-        spec = {
-            "env": env,
-            "env_options": env_options or {},
-            "obs_shape": list(obs_shape),
-            "action_dim": action_dim,
-            "action_bins": action_bins,
-        }
+        spec = dict(env=env, env_options=env_options or {}, obs_shape=list(obs_shape))
+        spec |= dict(action_dim=action_dim, action_bins=action_bins)
         try:
             (path / "episodes").mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -159,16 +154,7 @@ class EpisodeStore:
                 np.savez_compressed(f, **episode)
 
         atomic_write(self.path / relative, write)
-        entry = {
-            "file": relative,
-            "length": len(episode["reward"]),
-            "return": float(episode["reward"].sum()),
-            "terminated": bool(episode["is_terminal"][-1]),
-            "bytes": (self.path / relative).stat().st_size,
-            "actions": actions,
-            **info,
-        }
-        self.episodes.append(entry)
+        self.episodes.append(self._entry(relative, episode, actions) | info)
         self.manifest["episodes"] = self.episodes
         _write_manifest(self.path, self.manifest)
         return len(self.episodes) - 1
@@ -249,18 +235,18 @@ class EpisodeStore:
             except CorruptEpisodeError as err:
                 warnings.warn(f"skipping {err}", stacklevel=3)
                 continue
-            entries.append(
-                {
-                    "file": relative,
-                    "length": len(found["reward"]),
-                    "return": float(found["reward"].sum()),
-                    "terminated": bool(found["is_terminal"][-1]),
-                    "bytes": file.stat().st_size,
-                    # the marker was in the lost manifest entry: all-zero actions mean none
-                    "actions": bool(found["action"].any()),
-                }
-            )
+            # the marker was in the lost manifest entry: all-zero actions mean none
+            entries.append(self._entry(relative, found, bool(found["action"].any())))
         return sorted(entries, key=lambda e: e["file"])
+
+    def _entry(self, relative: str, episode: dict, actions: bool) -> dict:
+        """The manifest entry of the episode (file) `relative`."""
+        reward, size = episode["reward"], (self.path / relative).stat().st_size
+        entry = dict(file=relative, length=len(reward), bytes=size, actions=actions)
+        return entry | {
+            "return": float(reward.sum()),
+            "terminated": bool(episode["is_terminal"][-1]),
+        }
 
 
 def load_episode_file(file: Path, keys: tuple[str, ...] = KEYS) -> dict[str, np.ndarray]:
@@ -343,23 +329,14 @@ def summarize(store: EpisodeStore) -> dict:
     actions = np.concatenate(actions) if actions else np.zeros((0, store.manifest["action_dim"]))
 
     def stats(x: np.ndarray) -> dict:
-        if x.size == 0:
-            return {"mean": None, "std": None, "min": None, "max": None}
-        return {
-            "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(),
-            "min": x.min(0).tolist(),
-            "max": x.max(0).tolist(),
-        }
+        names = ("mean", "std", "min", "max")
+        return {k: getattr(x, k)(0).tolist() if x.size else None for k in names}
 
     size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    spec = ("env", "env_options", "obs_shape", "action_dim", "action_bins")
     return {
         "path": str(store.path),
-        "env": store.manifest["env"],
-        "env_options": store.manifest["env_options"],
-        "obs_shape": store.manifest["obs_shape"],
-        "action_dim": store.manifest["action_dim"],
-        "action_bins": store.manifest["action_bins"],
+        **{key: store.manifest[key] for key in spec},
         "episodes": len(store),
         "labelled_episodes": int(store.labelled.sum()),
         "frames": int(lengths.sum()),

@@ -8,10 +8,9 @@ end-to-end test bed), an Atari game under the Atari 100k protocol (`atari:Boxing
 `ALE/Boxing-v5`: `envs.atari`), or any Gymnasium id whose observations are images or that renders
 `rgb_array` frames (resized to `resolution`), also in Gymnasium's `module:EnvId` form.
 
-Every env is built by `gymnasium.make` (ours are registered as `nanodreamer/Dot-v0` and
-`nanodreamer/MultiCarRacing-v0`) and every wrapper records its arguments, so `env.spec`
-rebuilds the same env: `gymnasium.make(env.spec)` gives the same frames for the same seed
-and actions (what a Minari dataset stores to recreate its env).
+Every env is built by `gymnasium.make` (ours registered as `nanodreamer/Dot-v0` and
+`nanodreamer/MultiCarRacing-v0`) and every wrapper records its arguments, so
+`gymnasium.make(env.spec)` rebuilds the same env (what a Minari dataset stores).
 """
 
 from __future__ import annotations
@@ -30,12 +29,8 @@ from nanodreamer.errors import UserError
 
 gym.register("nanodreamer/Dot-v0", "nanodreamer.envs.dot:DotEnv", max_episode_steps=50)
 # per-car reward arrays are by design: Gymnasium's passive checker wants a float
-gym.register(
-    "nanodreamer/MultiCarRacing-v0",
-    "nanodreamer.envs.multi_car_racing:MultiCarRacing",
-    max_episode_steps=1000,
-    disable_env_checker=True,
-)
+gym.register("nanodreamer/MultiCarRacing-v0", "nanodreamer.envs.multi_car_racing:MultiCarRacing",
+             max_episode_steps=1000, disable_env_checker=True)  # fmt: skip
 NAMED = {
     "car-racing": make_car_racing,
     "dot": functools.partial(gym.make, "nanodreamer/Dot-v0"),
@@ -44,24 +39,14 @@ NAMED = {
 
 # The random policy's action range where [-1, 1] explores badly: a car that brakes half the
 # time barely moves, so random car-racing data uses throttle in [-0.3, 1] (mostly gas).
-RANDOM_ACTION_RANGE = {
-    "car-racing": ((-1.0, -0.3), (1.0, 1.0)),
-    "multi-car-racing": ((-1.0, -0.3), (1.0, 1.0)),
-}
+RANDOM_ACTION_RANGE = dict.fromkeys(("car-racing", "multi-car-racing"), ((-1.0, -0.3), (1.0, 1.0)))
 # How many steps the random policy holds an action at most (default 8, so a car really turns).
 # On the dot's small grid held actions pin the dot to a wall: fresh actions every step make
 # a random walk that visits every cell and move.
 RANDOM_HOLD = {"dot": 1}
 
 
-def make(
-    name: str,
-    *,
-    resolution: int | None = None,
-    action_repeat: int = 1,
-    keep_frames: bool = False,
-    **options,
-) -> gym.Env:
+def make(name: str, *, resolution=None, action_repeat=1, keep_frames=False, **options) -> gym.Env:
     """Create environment `name`; `options` go to its constructor (gym.make for Gymnasium ids).
     `keep_frames`: steps also return every repeat's frame (`ActionRepeat`)."""
     if atari_id(name):
@@ -110,13 +95,12 @@ def _make_gym(name: str, options: dict) -> gym.Env:
     env = gym.make(env_id, **options)
     if _is_image_space(env.observation_space):
         return env
+    env.close()
     if "rgb_array" not in env.metadata.get("render_modes", []):
-        env.close()
         raise UserError(
             f"environment {name!r} has no image observation and cannot render rgb_array frames: "
             "pick an environment with pixel observations"
         )
-    env.close()
     env = gym.make(env_id, render_mode="rgb_array", **options)
     return gym.wrappers.AddRenderObservation(env, render_only=True)
 
@@ -138,9 +122,8 @@ def _normalised_actions(env: gym.Env, name: str) -> gym.Env:
     if isinstance(space, gym.spaces.Discrete):
         return DiscreteAsBins(env)
     if isinstance(space, gym.spaces.Box) and np.all(np.isfinite(space.low)):
-        if np.all(space.low == -1) and np.all(space.high == 1):
-            return env
-        return gym.wrappers.RescaleAction(env, -1.0, 1.0)
+        unit = np.all(space.low == -1) and np.all(space.high == 1)
+        return env if unit else gym.wrappers.RescaleAction(env, -1.0, 1.0)
     raise UserError(
         f"environment {name!r} has action space {space}: only Discrete and bounded Box "
         "action spaces are supported"

@@ -39,16 +39,8 @@ from nanodreamer.errors import UserError
 
 MAX_CARS = 8
 # hull colours: car 0 is CarRacing's red, the others are told apart at a glance
-CAR_COLORS = [
-    (0.8, 0.0, 0.0),
-    (0.0, 0.25, 0.8),
-    (0.9, 0.75, 0.0),
-    (0.55, 0.0, 0.7),
-    (0.0, 0.6, 0.6),
-    (1.0, 0.5, 0.0),
-    (0.2, 0.2, 0.2),
-    (0.9, 0.9, 0.9),
-]
+CAR_COLORS = [(0.8, 0.0, 0.0), (0.0, 0.25, 0.8), (0.9, 0.75, 0.0), (0.55, 0.0, 0.7),
+              (0.0, 0.6, 0.6), (1.0, 0.5, 0.0), (0.2, 0.2, 0.2), (0.9, 0.9, 0.9)]  # fmt: skip
 
 
 class TileContacts(contactListener):
@@ -59,25 +51,22 @@ class TileContacts(contactListener):
         self.env = env
 
     def BeginContact(self, contact):
-        self._contact(contact, begin=True)
+        if wheel_and_tile := self._contact(contact):
+            wheel_and_tile[0].tiles.add(wheel_and_tile[1])
+            self.env.visit(wheel_and_tile[0].car_id, wheel_and_tile[1])
 
     def EndContact(self, contact):
-        self._contact(contact, begin=False)
+        if wheel_and_tile := self._contact(contact):
+            wheel_and_tile[0].tiles.discard(wheel_and_tile[1])
 
-    def _contact(self, contact, begin: bool) -> None:
+    def _contact(self, contact) -> tuple | None:
+        """(wheel, tile) of a contact between them; a touched tile loses its stripe."""
         bodies = (contact.fixtureA.body.userData, contact.fixtureB.body.userData)
         tile = next((b for b in bodies if hasattr(b, "road_friction")), None)
         wheel = next((b for b in bodies if hasattr(b, "car_id")), None)
-        if tile is None:
-            return
-        tile.color[:] = self.env.road_color  # as CarRacing: a touched tile loses its stripe
-        if wheel is None:
-            return
-        if begin:
-            wheel.tiles.add(tile)
-            self.env.visit(wheel.car_id, tile)
-        else:
-            wheel.tiles.discard(tile)
+        if tile is not None:
+            tile.color[:] = self.env.road_color  # as CarRacing
+        return (wheel, tile) if tile is not None and wheel is not None else None
 
 
 class MultiCarRacing(CarRacing):

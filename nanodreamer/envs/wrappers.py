@@ -1,8 +1,5 @@
-"""Small Gymnasium wrappers, each doing one thing, composed by `nanodreamer.envs.make`.
-
-Each records its constructor arguments (`gym.utils.RecordConstructorArgs`), so an env's spec
-lists them and `gymnasium.make(env.spec)` rebuilds the same wrapped env (what Minari stores).
-"""
+"""Small Gymnasium wrappers composed by `nanodreamer.envs.make`. Each records its arguments
+(`gym.utils.RecordConstructorArgs`), so `gymnasium.make(env.spec)` rebuilds the wrapped env."""
 
 from __future__ import annotations
 
@@ -16,12 +13,10 @@ from nanodreamer.envs.car_racing import frames_skipped, redrawn
 
 
 class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Repeat each action `repeat` times, summing rewards and stopping at episode end (a life
-    lost on any repeat is `info["life_loss"]` of the whole step, Atari's `LifeLoss`). Frames
-    that are not returned are not drawn where the env allows it (`frames_skipped`), unless
-    `keep_frames`: then every repeat's frame is drawn and returned in `info["frames"]`
-    (repeat, *obs shape), the last one repeated after an early end, with `info["frame_count"]`
-    the number drawn (free data for the tokenizer: no extra env steps)."""
+    """Repeat each action `repeat` times, summing rewards, stopping at episode end (a life lost
+    on any repeat is the step's `info["life_loss"]`). Frames nobody reads are not drawn where
+    the env allows it (`frames_skipped`); `keep_frames` draws them all into `info["frames"]`
+    (repeat, *obs shape; the last repeated after an early end; `info["frame_count"]` drawn)."""
 
     def __init__(self, env: gym.Env, repeat: int, keep_frames: bool = False):
         gym.utils.RecordConstructorArgs.__init__(self, repeat=repeat, keep_frames=keep_frames)
@@ -88,11 +83,8 @@ class ColorChannels(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
 
 class DiscreteAsBins(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
-    """Expose Discrete(n) as a 1-D action in [-1, 1] cut into n bins (bin i <-> choice i).
-
-    The world model embeds each action dimension by bin lookup, so setting its bin count to n
-    makes this exactly a discrete embedding (SPEC: "Discrete actions").
-    """
+    """Expose Discrete(n) as a 1-D action in [-1, 1] cut into n bins (bin i <-> choice i): with
+    n bins the world model's bin lookup is exactly a discrete embedding (SPEC)."""
 
     def __init__(self, env: gym.Env):
         gym.utils.RecordConstructorArgs.__init__(self)

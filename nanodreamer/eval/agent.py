@@ -20,10 +20,8 @@ from nanodreamer.tokenizer import Tokenizer, frames_from_uint8
 
 
 class AgentStream:
-    """The running context of a batch of environments for an agent: the tokenizer's and the
-    dynamics model's key/value caches. Frames are encoded as they arrive and fed, with the
-    action that led to them, into the transformer at the context signal level (as in
-    imagination)."""
+    """A batch of environments' running context (the tokenizer's and the transformer's
+    caches): frames enter with the action that led to them, as in imagination."""
 
     def __init__(self, model: AgentModel, tokenizer: Tokenizer):
         self.model, self.tokenizer = model, tokenizer
@@ -42,10 +40,8 @@ class AgentStream:
 
     @torch.no_grad()
     def prime(self, obs: np.ndarray, action, is_first: np.ndarray, tokenizer_only: int = 0):
-        """Start one stream from real frames (T,H,W,C) with their recorded actions (T,A) and
-        flags (T,): the first `tokenizer_only` frames only fill the tokenizer's context, so the
-        others are encoded exactly as in a stream from the episode's start. Returns the last
-        state (1,D)."""
+        """Start one stream from real frames (T,H,W,C), actions (T,A) and is_first (T,) ->
+        the last state (1,D); the first `tokenizer_only` frames only fill the tokenizer's."""
         if tokenizer_only:
             warmup = torch.as_tensor(obs[None, :tokenizer_only], device=self.device)
             self.tokenizer.encode(frames_from_uint8(warmup), self.encoder)
@@ -55,11 +51,9 @@ class AgentStream:
 
 
 class AgentPolicy:
-    """Acts from pixels in `num_envs` environments, reading each next action from the policy
-    head on the agent token. Environments whose episodes start at the same call share one
-    batched `AgentStream`; an environment that starts a new episode leaves its old stream
-    (whose rows then run idle until every member has left) for a new one, so contexts never
-    leak between episodes."""
+    """Acts from pixels in `num_envs` environments with the policy head. Environments whose
+    episodes start at the same call share one `AgentStream`; a new episode leaves its old
+    stream (idle rows until every member has left), so contexts never leak between episodes."""
 
     def __init__(self, run: str | Path, num_envs=1, mode: bool | None = None, device=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -127,11 +121,9 @@ def run_episodes(
     desc: str = "episodes",
     opponents=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns the returns (episodes, cars) and each episode's env steps (episodes,): one
-    episode per seed (cars = 1 unless the env races several),
-    all run in lockstep so that the policy acts on every env in one batch; an env whose
-    episode has ended idles until all have. `opponents`, when given, drives every car but the
-    first. Optionally a video of the first episode, all cars' views side by side."""
+    """One episode per seed, in lockstep (the policy acts on every env in one batch) ->
+    returns (episodes, cars) and env steps (episodes,). `opponents` drives every car but the
+    first; `video`: the first episode, all cars' views side by side."""
     pool = [envs.make(env_name, **env_options) for _ in seeds]
     cars = envs.num_streams(pool[0])
     rivals = np.tile(np.arange(cars) > 0, len(pool))  # streams the opponents drive
@@ -178,15 +170,10 @@ def evaluate_agent(
     num_cars: int | None = None,
     opponents: str = "self",
 ) -> dict:
-    """Return of the agent in the real env over full-length episodes (the env's own time
-    limit unless `max_episode_steps` caps it) on seeds no collection of its dataset used:
-    mean, std and the half-width of the 95% interval (`return_ci95`), beside a random policy
-    on the same seeds.
-
-    In multi-car racing every car counts as an episode; `opponents="random"` races the policy
-    (car 0) against random cars and reports car 0's return. `per_car_return_mean` lists each
-    car's mean return.
-    """
+    """The agent's return over full-length episodes on seeds no collection used: mean, std
+    and 95% interval half-width (`return_ci95`), beside a random policy on the same seeds.
+    Multi-car racing counts every car (`per_car_return_mean`); `opponents="random"` scores
+    car 0 against random cars."""
     info = read_agent_run(run)
     manifest = EpisodeStore(info["data"]).manifest
     data_env, options = manifest["env"], dict(manifest["env_options"])
@@ -213,8 +200,7 @@ def evaluate_agent(
             f"{policy.model.dynamics.config.action_dim}-D"
         )
 
-    def random_for(streams: int):
-        return random_policy(env_name, streams, action_dim, seed)
+    random_for = lambda streams: random_policy(env_name, streams, action_dim, seed)  # noqa: E731
 
     taken = [e.get("seed") for e in manifest["episodes"]] + manifest.get("collection_seeds", [])
     seeds = evaluation_seeds(seed, episodes, taken)
@@ -229,8 +215,8 @@ def evaluate_agent(
     if cars > 1:
         results["per_car_return_mean"] = returns.mean(0).tolist()
     if random:
-        random_returns, _ = run_episodes(
+        scores, _ = run_episodes(
             env_name, options, random_for(cars * episodes), seeds, desc="random"
         )
-        results |= {f"random_return_{k}": v for k, v in mean_interval(random_returns).items()}
+        results |= {f"random_return_{k}": v for k, v in mean_interval(scores).items()}
     return results

@@ -1,14 +1,10 @@
-"""Is the world model good enough to learn a policy in? The agent's figures, on its dataset's
-held-out episodes, against the real env replayed (`eval.replay`):
-
-- the reward model: per-step predicted vs real reward (`reward_mae`, `reward_corr`), returns
-  over windows of H steps (`window_return_corr_h{H}`), the same under alternative actions
-  (`counterfactual_reward_corr`; `counterfactual_return_corr_within`: how well the model ranks
-  the alternatives' H-step returns from one state, the mean over contexts of their
-  correlation, which is what a policy learns from);
-- imagination: the policy's imagined H-step return against its real one from the same states
-  (`imagined_return`, `real_return_h{H}`, `imagined_real_corr`).
-"""
+"""Is the world model good enough to learn a policy in? The agent's figures on held-out
+episodes, against the real env replayed (`eval.replay`): the reward model per step
+(`reward_mae`, `reward_corr`), over windows of H steps (`window_return_corr_h{H}`) and under
+alternative actions (`counterfactual_reward_corr`; `counterfactual_return_corr_within`: its
+ranking of the alternatives' H-step returns from one state, what a policy learns from); the
+policy's imagined H-step return against its real one (`imagined_return`, `real_return_h{H}`,
+`imagined_real_corr`)."""
 
 from __future__ import annotations
 
@@ -18,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanodreamer.agent import rollout_from, sample_action, transition_rewards
+from nanodreamer.agent import continuation, rollout_from, sample_action, transition_rewards
 from nanodreamer.data import EpisodeStore, split_episodes
 from nanodreamer.eval.agent import AgentStream
 from nanodreamer.eval.metrics import correlation, seeded
@@ -27,9 +23,7 @@ from nanodreamer.eval.replay import (
     Context,
     NotReplayable,
     Replay,
-    alternative_actions,
-    pick_contexts,
-    real_branches,
+    branches_after_contexts,
 )
 from nanodreamer.runs import load_agent, load_tokenizer
 
@@ -45,11 +39,8 @@ def per_step_rewards(model, tokenizer, store: EpisodeStore, episodes: int, split
         stream, states = AgentStream(model, tokenizer), []
         for chunk in range(0, len(ep["obs"]), 64):
             part = slice(chunk, chunk + 64)
-            states.append(
-                stream.observe(
-                    ep["obs"][None, part], ep["action"][None, part], ~ep["is_first"][None, part]
-                )
-            )
+            window = (ep["obs"][part], ep["action"][part], ~ep["is_first"][part])
+            states.append(stream.observe(*(x[None] for x in window)))
         h = torch.cat(states, 1)[0, 1:]  # frame 0: no transition led to it
         predicted.append(model.heads.twohot.decode(model.heads.reward(h, 1)[:, 0]).cpu().numpy())
         real.append(ep["reward"][1:])
@@ -82,32 +73,25 @@ def evaluate_control(
     imagined_samples: int = 4,
     split: str = "val",
 ) -> dict:
-    """Reward-model and imagination metrics of an agent run (module doc), on its dataset's
-    held-out episodes."""
+    """Reward-model and imagination metrics of an agent run (module doc)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_agent(run, device)
     tokenizer = load_tokenizer(info["tokenizer"], device)
     store = EpisodeStore(info["data"])
     results = per_step_rewards(model, tokenizer, store, episodes, split)
     horizon = max(HORIZONS)
-    context = min(8, model.dynamics.config.window - 1)
-    picked = pick_contexts(store, contexts, context, horizon, split)
-    a = model.dynamics.config.action_dim
-    alternatives = alternative_actions(
-        store.manifest["env"], a, horizon, randoms, bins=store.manifest["action_bins"]
+    context, a = min(8, model.dynamics.config.window - 1), model.dynamics.config.action_dim
+    picked, alternatives, real = branches_after_contexts(
+        store, contexts, context, a, randoms, split
     )
-    real = real_branches(store, picked, alternatives)
     replay = Replay(store)
     warm = tokenizer.config.window - 1
     predicted, imagined, real_returns = [], [], []
     for ctx in picked:
         ep = store.load(ctx.episode, ("obs", "action", "is_first"))
         first = max(0, ctx.start - warm)
-        rows = slice(first, ctx.end + 1)
-        stream = AgentStream(model, tokenizer)
-        state = stream.prime(
-            ep["obs"][rows], ep["action"][rows], ep["is_first"][rows], ctx.start - first
-        )
+        rows, stream = slice(first, ctx.end + 1), AgentStream(model, tokenizer)
+        state = stream.prime(*(ep[k][rows] for k in ep), ctx.start - first)
         branch = []
         for actions in alternatives:
             forced = torch.from_numpy(actions)[None]
@@ -118,9 +102,7 @@ def evaluate_control(
         for _ in range(imagined_samples):
             out = rollout_from(model, state, copy.deepcopy(stream.context), horizon)
             reward = transition_rewards(model.heads, out["states"])
-            cont = torch.sigmoid(model.heads.cont(out["states"][:, 1:], 1)[:, :, 0, 0].float())
-            alive = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
-            returns.append((reward * alive).sum().item())
+            returns.append((reward * continuation(model.heads, out["states"])[1]).sum().item())
         imagined.append(float(np.mean(returns)))
         real_returns.append(_real_policy_return(model, stream, state, replay, ctx, ep, horizon))
     replay.env.close()
@@ -143,8 +125,7 @@ def evaluate_control(
 
 
 def control_figures(run: str | Path) -> dict:
-    """`evaluate_control`, or {"control": "skipped: why"} for a dataset that cannot be
-    replayed (an env we cannot rebuild, a multi-car race)."""
+    """`evaluate_control`, or {"control": "skipped: why"} for a dataset that cannot be replayed."""
     try:
         return evaluate_control(run)
     except NotReplayable as err:
@@ -152,8 +133,7 @@ def control_figures(run: str | Path) -> dict:
 
 
 def _real_policy_return(model, stream, state, replay: Replay, ctx: Context, ep, horizon) -> float:
-    """The policy's return over `horizon` real steps from the context's end, acting through
-    the primed `stream` (advanced in place)."""
+    """The policy's return over `horizon` real steps from the context's end (`stream` advances)."""
     replay.reach(ctx.seed, ep["action"][: ctx.end + 1])
     total = 0.0
     for _ in range(horizon):

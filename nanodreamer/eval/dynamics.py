@@ -1,19 +1,12 @@
 """Dynamics evaluation: open-loop rollouts on held-out episodes.
 
-After C real context frames the world model imagines H frames from the recorded actions.
-Reported per horizon h: PSNR of the imagined frame, of the copy-last-frame baseline, and of the
-tokenizer's own reconstruction of the true frame (the ceiling any rollout through this
-tokenizer can reach); rollouts with shuffled actions show whether actions matter; generation
-frames/s with and without the key/value cache.
-
-Counterfactual figures (`counterfactual_dynamics`), on contexts whose real env is replayed
-under M alternative action sequences (`eval.replay`):
-
-- `counterfactual_psnr_h{h}`: model under the alternative actions vs the real env under them;
-- `ignore_actions_psnr_h{h}`: the model run with the episode's *recorded* actions vs the same
-  alternative real frames: what a model that ignores actions would score;
-- `controllability_h{h}`: the difference (dB). A model that follows actions scores clearly
-  above 0; one that ignores them about 0.
+After C real context frames the world model imagines H frames from the recorded actions; per
+horizon h: PSNR of the imagined frame, of the copy-last-frame baseline, of the tokenizer's own
+reconstruction (the ceiling of any rollout through it), with shuffled actions; generation
+frames/s with and without the key/value cache. Against the real env replayed under M other
+action sequences (`eval.replay`): `counterfactual_psnr_h{h}` (the model under them),
+`ignore_actions_psnr_h{h}` (the model under the recorded actions: what ignoring actions
+scores) and their difference `controllability_h{h}` (dB: clearly > 0 when actions are followed).
 """
 
 from __future__ import annotations
@@ -27,22 +20,15 @@ import torch
 from nanodreamer.data import EpisodeStore, split_episodes
 from nanodreamer.eval.metrics import psnr, seeded
 from nanodreamer.eval.pictures import save_video, side_by_side
-from nanodreamer.eval.replay import (
-    HORIZONS,
-    NotReplayable,
-    alternative_actions,
-    context_batch,
-    pick_contexts,
-    real_branches,
-)
+from nanodreamer.eval.replay import HORIZONS, NotReplayable, branches_after_contexts, context_batch
 from nanodreamer.eval.tokenizer import settle_frames
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
 
 
 def rollout_windows(data: str | Path, length: int, count: int, split: str = "val") -> dict:
-    """Up to `count` windows of `length` frames (obs uint8, action, is_first, has_action) from
-    the split's episodes, evenly spread after the settle frames. Deterministic."""
+    """Up to `count` windows of `length` frames (obs uint8, action, is_first, has_action),
+    evenly spread over the split's episodes after the settle frames."""
     store = EpisodeStore(data)
     skip = settle_frames(store)
     episodes = split_episodes(store, split) or split_episodes(store, "all")
@@ -74,12 +60,9 @@ def rollout_psnr(world: WorldModel, frames, actions, has_action, context: int) -
 @torch.no_grad()
 def generation_fps(world: WorldModel, frames: int = 8) -> float:
     """Interactive frames/s of step() for one rollout, decode included."""
-    c = world.dynamics.config
+    c, t = world.dynamics.config, world.tokenizer.config
     world.reset(
-        torch.zeros(
-            1, 0, world.tokenizer.config.channels, *[world.tokenizer.config.image_size] * 2
-        ),
-        torch.zeros(1, 0, c.action_dim),
+        torch.zeros(1, 0, t.channels, t.image_size, t.image_size), torch.zeros(1, 0, c.action_dim)
     )
     world.step(torch.zeros(1, c.action_dim))  # warm-up
     if world.device.type == "cuda":
@@ -113,15 +96,11 @@ def counterfactual_dynamics(
     split: str = "val",
 ) -> dict[str, float]:
     """Counterfactual PSNR, ignore-actions PSNR and controllability per horizon (module doc)."""
-    store = EpisodeStore(data)
-    horizon = max(HORIZONS)
-    context = context or min(8, world.window - 1)
-    picked = pick_contexts(store, contexts, context, horizon, split)
-    a = world.dynamics.config.action_dim
-    alternatives = alternative_actions(
-        store.manifest["env"], a, horizon, randoms, bins=store.manifest["action_bins"]
+    store, horizon = EpisodeStore(data), max(HORIZONS)
+    context, a = context or min(8, world.window - 1), world.dynamics.config.action_dim
+    picked, alternatives, real = branches_after_contexts(
+        store, contexts, context, a, randoms, split
     )
-    real = real_branches(store, picked, alternatives)
     batch = context_batch(store, picked, horizon)
     n, m, device = len(picked), len(alternatives), world.device
     frames = frames_from_uint8(batch["obs"].to(device))
@@ -158,10 +137,8 @@ def evaluate_dynamics(
     quick: bool = False,
     split: str = "val",
 ) -> dict[str, float]:
-    """Rollout metrics on the split's episodes ("all" for a held-out dataset; keys psnr_h1..,
-    baseline_psnr_h.., ceiling_.., shuffled_psnr_h.., fps, fps_no_cache, and the
-    counterfactual ones, module doc). `quick` skips the shuffled, counterfactual and
-    no-cache runs."""
+    """The module doc's figures on the split's episodes ("all" for a held-out dataset);
+    `quick` skips the shuffled, counterfactual and no-cache runs."""
     horizon = max(HORIZONS)
     context = context or min(8, world.window - 1)
     batch = rollout_windows(data, context + horizon, windows, split)
@@ -174,17 +151,14 @@ def evaluate_dynamics(
     baseline = psnr(frames[:, context - 1 : context].expand_as(truth), truth)
     recon = world.tokenizer.decode(world.tokenizer.encode(frames))[:, context:]
     ceiling = psnr(recon, truth)
-    results = {}
-    for h in HORIZONS:
-        results[f"psnr_h{h}"] = scores[:, h - 1].mean().item()
-        results[f"baseline_psnr_h{h}"] = baseline[:, h - 1].mean().item()
-        results[f"ceiling_psnr_h{h}"] = ceiling[:, h - 1].mean().item()
+    kinds = {"": scores, "baseline_": baseline, "ceiling_": ceiling}
     if not quick and frames.shape[0] > 1:
         shuffled = actions.roll(1, dims=0)  # another episode's actions, same context frames
         shuffled[:, :context] = actions[:, :context]
-        wrong, _ = rollout_psnr(world, frames, shuffled, has_action, context)
-        for h in HORIZONS:
-            results[f"shuffled_psnr_h{h}"] = wrong[:, h - 1].mean().item()
+        kinds["shuffled_"] = rollout_psnr(world, frames, shuffled, has_action, context)[0]
+    results = {
+        f"{k}psnr_h{h}": v[:, h - 1].mean().item() for k, v in kinds.items() for h in HORIZONS
+    }
     if not quick:
         try:
             results |= counterfactual_dynamics(world, data, split=split)

@@ -1,8 +1,6 @@
-"""Replaying the real environment: our environments replay exactly from an episode's seed and
-its recorded actions, so for a held-out context (an episode's frames s..c) the real env can be
-rebuilt at frame c and driven by other actions. The world-model figures (`eval.dynamics`) and
-the agent's (`eval.control`) compare the models against these real branches.
-"""
+"""Replaying the real environment: our envs replay exactly from an episode's seed and actions,
+so the real env can be rebuilt at the end of a held-out context and driven by other actions;
+`eval.dynamics` and `eval.control` compare the models against these real branches."""
 
 from __future__ import annotations
 
@@ -39,8 +37,7 @@ class Context:
 
 def pick_contexts(store: EpisodeStore, count: int, context: int, horizon: int, split="val"):
     """Up to `count` contexts spread over the split's episodes, each followed by `horizon`
-    recorded frames; early in episodes (within 200 frames of the settle frames), which keeps
-    the env replay short. Deterministic."""
+    recorded frames, within 200 frames of the settle frames (short replays)."""
     settle = settle_frames(store)
     episodes = split_episodes(store, split) or split_episodes(store, "all")
     per_episode = max(1, -(-count // len(episodes)))
@@ -64,9 +61,8 @@ def pick_contexts(store: EpisodeStore, count: int, context: int, horizon: int, s
 def alternative_actions(
     env_name: str, action_dim: int, horizon: int, randoms: int, seed=0, bins=None
 ):
-    """(M, H, A): each dimension held at -1 and at +1 (car racing: full left, full right,
-    brake, full gas), or for discrete actions (`bins`: the manifest's) each choice held,
-    then `randoms` sequences of the env's random data policy."""
+    """(M, H, A): each dimension held at -1 and at +1 (car racing: left, right, brake, gas), or
+    each discrete choice (`bins`) held, then `randoms` sequences of the random data policy."""
     constant = []
     if bins:  # one discrete dimension: every choice, at its bin's centre
         constant = [np.full((horizon, 1), value) for value in bin_centers(bins[0])]
@@ -93,9 +89,8 @@ class Replay:
             raise NotReplayable("counterfactual evaluation needs a single-car env")
 
     def reach(self, seed: int, prefix: np.ndarray) -> np.ndarray:
-        """Reset with `seed` and step the recorded `prefix` (T,A; index 0 is the reset frame's
-        zero action): the env is then in the episode's state at frame T-1, whose frame this
-        returns."""
+        """Reset with `seed`, step the recorded `prefix` (T,A; index 0 the reset's zero action)
+        and return frame T-1."""
         obs, _ = self.env.reset(seed=seed)
         with frames_skipped(self.env):  # only the last frame is read
             for action in prefix[1:-1]:
@@ -105,9 +100,8 @@ class Replay:
         return obs
 
     def branch(self, seed: int, prefix: np.ndarray, actions: np.ndarray) -> dict:
-        """`reach`, then `actions` (H,A). Returns the frame the prefix reaches (`start`), the H
-        frames and rewards after it, and `alive` (H,): the step happened (False once the
-        episode has ended; its frame repeats, its reward is 0)."""
+        """`reach` (`start`), then `actions` (H,A): the H frames and rewards, and `alive` (H,),
+        False once the episode has ended (its frame repeats, its reward is 0)."""
         start, frames, rewards, alive, done = self.reach(seed, prefix), [], [], [], False
         for action in actions:
             if not done:
@@ -116,12 +110,8 @@ class Replay:
             rewards.append(0.0 if done else float(reward))
             alive.append(not done)
             done = done or terminated or truncated
-        return {
-            "start": start,
-            "frames": np.stack(frames),
-            "rewards": np.array(rewards),
-            "alive": np.array(alive),
-        }
+        arrays = dict(frames=np.stack(frames), rewards=np.array(rewards), alive=np.array(alive))
+        return {"start": start} | arrays
 
 
 def real_branches(store: EpisodeStore, contexts: list[Context], alternatives: np.ndarray):
@@ -144,6 +134,18 @@ def real_branches(store: EpisodeStore, contexts: list[Context], alternatives: np
     return {k: np.stack(v) for k, v in out.items()}
 
 
+def branches_after_contexts(
+    store: EpisodeStore, count: int, context: int, action_dim: int, randoms: int, split="val"
+):
+    """Contexts (`pick_contexts`, followed by 16 steps), the alternative actions after them
+    (M,16,A) and the real env's branches under each (`real_branches`)."""
+    horizon = max(HORIZONS)
+    picked = pick_contexts(store, count, context, horizon, split)
+    env, bins = store.manifest["env"], store.manifest["action_bins"]
+    alternatives = alternative_actions(env, action_dim, horizon, randoms, bins=bins)
+    return picked, alternatives, real_branches(store, picked, alternatives)
+
+
 def context_batch(store: EpisodeStore, contexts: list[Context], horizon: int) -> dict:
     """Context frames (N,C,H,W,C) uint8, their actions and is_first, and the recorded actions
     of the `horizon` frames after them (N,H,A)."""
@@ -151,12 +153,6 @@ def context_batch(store: EpisodeStore, contexts: list[Context], horizon: int) ->
     for ctx in contexts:
         ep = store.load(ctx.episode, ("obs", "action", "is_first"))
         window = slice(ctx.start, ctx.end + 1)
-        rows.append(
-            {
-                "obs": ep["obs"][window],
-                "action": ep["action"][window],
-                "is_first": ep["is_first"][window],
-                "future": ep["action"][ctx.end + 1 : ctx.end + 1 + horizon],
-            }
-        )
+        rows.append({k: ep[k][window] for k in ep})
+        rows[-1]["future"] = ep["action"][ctx.end + 1 : ctx.end + 1 + horizon]
     return {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in rows[0]}

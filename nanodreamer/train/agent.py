@@ -1,7 +1,6 @@
-"""Phase 2: agent finetuning. The world model's transformer gets agent tokens and the agent's
-heads (`agent.AgentModel`) and trains on the dataset: behaviour cloning, reward and
-continuation by multi-token prediction, the dynamics loss kept on, and with `value_gamma` the
-value of the data's policy."""
+"""Phase 2: agent finetuning. The world model's transformer gets agent tokens and heads
+(`agent.AgentModel`) and trains on the dataset: behaviour cloning, reward and continuation by
+multi-token prediction, the dynamics loss kept on, with `value_gamma` the data policy's value."""
 
 from __future__ import annotations
 
@@ -52,9 +51,8 @@ def validation_batch(latents, seq_len: int, count: int, model: nn.Module) -> dic
 
 @torch.no_grad()
 def streamed_features(model: AgentModel, store, episode: int, chunk: int = 64):
-    """One whole episode of a latent cache fed through the transformer's key/value cache, as
-    when acting, so every frame has its whole context: its agent features (T,D) and its
-    `mtp_targets` (T,K)."""
+    """One episode of a latent cache streamed through the key/value cache as when acting,
+    every frame with its whole context: agent features (T,D) and `mtp_targets` (T,K)."""
     ep = store.load(episode, ("latents", "action", "reward", "is_first", "is_terminal"))
     device = next(model.parameters()).device
     batch = {k: torch.from_numpy(np.array(v))[None].to(device) for k, v in ep.items()}
@@ -107,9 +105,8 @@ class AgentObjective(nn.Module):
         window = self.model.dynamics.config.window
         terms = {"dynamics": dyn_loss} | mtp_losses(self.model.heads, features, batch, window)
         if self.value_gamma is not None:
-            terms["value"] = data_value_loss(
-                self.model.heads, features, batch, window, self.value_gamma
-            )
+            heads = self.model.heads
+            terms["value"] = data_value_loss(heads, features, batch, window, self.value_gamma)
         return self.norm(terms), metrics | {k: v.detach() for k, v in terms.items()}
 
 
@@ -136,9 +133,8 @@ class AgentPhase(Phase):
                 f"{config.window} frames: no frame would see a whole context (use >= "
                 f"{config.window}, default {2 * config.window})"
             )
-        self.agent_config = AgentConfig(
-            dim=config.dim, action_dim=config.action_dim, action_bins=config.action_bins, mtp=mtp
-        )
+        bins = config.action_bins
+        self.agent_config = AgentConfig(config.dim, config.action_dim, bins, mtp=mtp)
         torch.manual_seed(train.seed)
         self.model = AgentModel(config, self.agent_config)
         if init is not None:

@@ -1,7 +1,6 @@
 """Phase 3: imagination training. The policy acts inside the frozen world model of an agent
 run (`agent.imagine_rollouts`) and learns by PMPO from the lambda-returns of the imagined
-rewards, beside a value head; a KL term keeps it near a prior (the data's action frequencies
-or the behaviour-cloning policy)."""
+rewards, beside a value head; a KL term keeps it near a prior."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from torch import nn
 from nanodreamer.agent import (
     AgentModel,
     action_to_bins,
+    continuation,
     imagine_rollouts,
     kl_categorical,
     lambda_returns,
@@ -61,9 +61,7 @@ def action_prior_logits(store, bins: int, floor: float = 0.01) -> torch.Tensor:
 
 
 class ImaginationObjective(nn.Module):
-    def __init__(
-        self, model: AgentModel, settings: ImaginationSettings, prior_logits: torch.Tensor | None
-    ):
+    def __init__(self, model: AgentModel, settings: ImaginationSettings, prior_logits=None):
         """`prior_logits` (A,bins): the policy starts at, and its KL prior stays, these logits
         in every state (a zero output weight); None: the behaviour-cloning policy."""
         super().__init__()
@@ -93,9 +91,7 @@ class ImaginationObjective(nn.Module):
         rollout = imagine_rollouts(self.model, batch, c.horizon, c.sampling_steps)
         states, actions = rollout["states"], rollout["actions"]  # (B,H+1,D), (B,H,A)
         with torch.no_grad():  # r_{t+1}, c_{t+1} from h_{t+1}, which has read action t+1
-            reward = transition_rewards(heads, states)
-            cont = torch.sigmoid(heads.cont(states[:, 1:], 1)[:, :, 0, 0].float())
-            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+            reward, (cont, weight) = transition_rewards(heads, states), continuation(heads, states)
         value_logits = heads.value(states)
         value = heads.twohot.decode(value_logits)
         returns = lambda_returns(reward, cont, value.detach(), c.gamma, LAMBDA)
@@ -105,13 +101,7 @@ class ImaginationObjective(nn.Module):
         logp = log_prob(logits, actions)
         kl = kl_categorical(logits, prior_logits)
         keep = weight.flatten() > 0.5  # states before a predicted episode end
-        policy_loss = pmpo_loss(
-            logp.flatten()[keep],
-            advantage.flatten()[keep],
-            kl.flatten()[keep],
-            ALPHA,
-            c.beta,
-        )
+        policy_loss = pmpo_loss(*(x.flatten()[keep] for x in (logp, advantage, kl)), ALPHA, c.beta)
         value_loss = (heads.twohot.loss(value_logits[:, :-1], returns) * weight).mean()
         if self.training:
             self.updates += 1
@@ -132,19 +122,12 @@ class ImaginationObjective(nn.Module):
 class ImaginationPhase(Phase):
     name = "imagination"
 
-    def __init__(
-        self,
-        agent_run: str | Path,
-        train: TrainConfig,
-        settings: ImaginationSettings | None = None,
-        init: str | Path | None = None,
-    ):
+    def __init__(self, agent_run, train: TrainConfig, settings=None, init=None):
         """`settings`: the recipe's (`recipes.ImaginationSettings`; default: car racing's).
-        Its `prior` is where the policy starts and what its KL term pulls it toward: "bc" the
-        agent run's behaviour-cloning policy; "data" the data's action frequencies
-        (`action_prior_logits`), the same in every state: broad where the data acted, while
-        actions the data never took, whose imagined outcomes are guesses, start unlikely.
-        `init`: an imagination run whose policy and value to continue from (rounds)."""
+        Its `prior`, where the policy starts and what its KL term pulls it toward: "bc" the
+        agent run's behaviour-cloning policy; "data" the data's action frequencies in every
+        state (`action_prior_logits`): actions the data never took, whose imagined outcomes
+        are guesses, start unlikely. `init`: an imagination run to continue (rounds)."""
         settings = settings or ImaginationSettings()
         model, info = load_agent(agent_run)
         if info["phase"] != "agent":
@@ -174,8 +157,7 @@ class ImaginationPhase(Phase):
             load_weights(init, model, only=("heads.policy.", "heads.value."))
 
     def batches(self, start_step: int, env: Distributed):
-        """Dataset windows that can start a rollout (`imagination_starts`); the others (a
-        window ending on a terminal or padded frame) are dropped from their batch."""
+        """Dataset windows that can start a rollout (`imagination_starts`), the others dropped."""
         for batch in window_batches(self.latents, self.train, start_step, env, labelled_only=True):
             keep = imagination_starts(batch)
             if keep.any():
@@ -187,8 +169,7 @@ class ImaginationPhase(Phase):
         batch = validation_batch(self.latents, self.train.seq_len, 16, model)
         keep = imagination_starts(batch)
         batch = {k: v[keep][:8] for k, v in batch.items()}
-        device = batch["latents"].device
-        c = self.settings
+        device, c = batch["latents"].device, self.settings
         with seeded(0):
             rollout = imagine_rollouts(model, batch, c.horizon, c.sampling_steps)
         reward = transition_rewards(model.heads, rollout["states"])
@@ -198,11 +179,8 @@ class ImaginationPhase(Phase):
         return {"imagined_reward_sum": reward.sum(1).mean().item()}
 
     def run_info(self) -> dict:
-        return {
-            k: v
-            for k, v in self.info.items()
-            if k not in ("phase", "train", "steps_done", "finished")
-        } | {
+        skip = ("phase", "train", "steps_done", "finished")
+        return {k: v for k, v in self.info.items() if k not in skip} | {
             "agent_run": str(self.agent_run.resolve()),
             "imagination": asdict(self.settings) | {"lambda": LAMBDA, "alpha": ALPHA},
             "init": str(Path(self.init).resolve()) if self.init else None,
