@@ -57,12 +57,8 @@ class DynamicsConfig:
 
 
 DYNAMICS_PRESETS = {
-    "tiny": DynamicsConfig(
-        dim=128, depth=4, heads=4, kv_heads=2, time_every=2, window=16, registers=2
-    ),
-    "small": DynamicsConfig(
-        dim=256, depth=8, heads=8, kv_heads=2, time_every=4, window=16, registers=4
-    ),
+    "tiny": DynamicsConfig(dim=128, depth=4, heads=4, time_every=2, registers=2),
+    "small": DynamicsConfig(dim=256, depth=8),
     "base": DynamicsConfig(),
 }
 
@@ -106,10 +102,8 @@ class Dynamics(nn.Module):
 
     # embeddings -------------------------------------------------------------------------------
     def embed_actions(self, action: torch.Tensor, has_action: torch.Tensor) -> torch.Tensor:
-        """action (B,T,A) in [-1,1], has_action (B,T) bool -> action tokens (B,T,1,D).
-
-        Each dimension is cut into `action_bins` bins and looked up; the embeddings are summed
-        onto a learned base embedding. No action (episode start, unlabelled video) = the base."""
+        """action (B,T,A) in [-1,1], has_action (B,T) bool -> action tokens (B,T,1,D): each
+        dimension's bin embedding, summed onto a learned base (alone when there is no action)."""
         c = self.config
         bins = ((action.float() + 1) / 2 * c.action_bins).floor().clamp(0, c.action_bins - 1).long()
         ids = bins + torch.arange(c.action_dim, device=action.device) * c.action_bins
@@ -144,20 +138,12 @@ class Dynamics(nn.Module):
             parts.append(agents.expand(b, t, -1, -1))
         return torch.cat(parts, 2)
 
-    def forward(
-        self,
-        z: torch.Tensor,  # (B,T,N,Dl) noised latents
-        tau: torch.Tensor,  # (B,T) signal levels
-        step_index: torch.Tensor,  # (B,T) long, d = 2^-k
-        action: torch.Tensor,  # (B,T,A) the action that led to each frame
-        has_action: torch.Tensor,  # (B,T) bool
-        *,
-        task: torch.Tensor | None = None,  # (B,) long
-        independent: torch.Tensor | None = None,  # (B,) bool: frames as separate images
-        cache: KVCache | None = None,
-        update_cache: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (predicted clean latents (B,T,N,Dl), transformer outputs (B,T,S,D))."""
+    def forward(self, z, tau, step_index, action, has_action, *, task=None, independent=None,
+                cache: KVCache | None = None, update_cache=True):  # fmt: skip
+        """Noised latents z (B,T,N,Dl), signal levels tau (B,T), step_index (B,T) long (d =
+        2^-k), the action (B,T,A) that led to each frame and has_action (B,T); task (B,) long;
+        independent (B,) bool: frames as separate images -> (predicted clean latents
+        (B,T,N,Dl), transformer outputs (B,T,S,D))."""
         c = self.config
         x = self.tokens(z, tau, step_index, action, has_action, task)
         h = self.transformer(x, cache=cache, update_cache=update_cache, independent=independent)
@@ -182,8 +168,7 @@ def draw_noise(config: DynamicsConfig, z1: torch.Tensor) -> dict[str, torch.Tens
     bootstrap (B,): sequences whose frames draw k uniformly from {0..log2 K_max} (d = 2^-k);
     the others use d_min = 1/K_max only (flow loss, no teacher passes). tau (B,T) is uniform on
     the grid {0, d, ..., 1 - d}. independent (B,): sequences trained as separate images."""
-    b, t = z1.shape[:2]
-    device = z1.device
+    (b, t), device = z1.shape[:2], z1.device
     k_max = int(math.log2(config.max_steps))
     bootstrap = torch.rand(b, device=device) < config.bootstrap_frac
     k = torch.randint(0, k_max + 1, (b, t), device=device)
@@ -280,15 +265,11 @@ def check_steps(model: Dynamics, steps: int) -> None:
 def frame_inputs(z, tau, step_index, action, has_action) -> dict[str, torch.Tensor]:
     """Model inputs for one new frame per sequence: z (B,N,Dl), tau float, step_index int,
     action (B,A), has_action (B,) -> tensors with a time axis of length 1."""
-    b = z.shape[0]
-    full = lambda v, dtype: torch.full((b, 1), v, dtype=dtype, device=z.device)  # noqa: E731
-    return {
-        "z": z[:, None],
-        "tau": full(tau, torch.float32),
-        "step_index": full(step_index, torch.long),
-        "action": action[:, None],
-        "has_action": has_action[:, None],
-    }
+    shape, device = (z.shape[0], 1), z.device
+    tau = torch.full(shape, tau, dtype=torch.float32, device=device)
+    step_index = torch.full(shape, step_index, dtype=torch.long, device=device)
+    inputs = {"z": z[:, None], "action": action[:, None], "has_action": has_action[:, None]}
+    return inputs | {"tau": tau, "step_index": step_index}
 
 
 def predict_new_frame(model: Dynamics, frame: dict, context, task=None):
@@ -337,26 +318,16 @@ def own_rollout(model: Dynamics, z1, action, has_action) -> torch.Tensor:
 def context_inputs(model: Dynamics, z, action, has_action, noise) -> dict[str, torch.Tensor]:
     """Inputs that feed frames z (B,T,N,Dl) back as context, noised to the context signal
     level: (1 - s) noise + s z with s = context_signal, labelled with d_min."""
-    s = model.config.context_signal
-    b, t = z.shape[:2]
-    return {
-        "z": (1 - s) * noise + s * z,
-        "tau": torch.full((b, t), s, device=z.device),
-        "step_index": torch.full(
-            (b, t), int(math.log2(model.config.max_steps)), dtype=torch.long, device=z.device
-        ),
-        "action": action,
-        "has_action": has_action,
-    }
+    s, k_min = model.config.context_signal, int(math.log2(model.config.max_steps))
+    tau = torch.full(z.shape[:2], s, device=z.device)
+    step_index = torch.full(z.shape[:2], k_min, dtype=torch.long, device=z.device)
+    inputs = {"z": (1 - s) * noise + s * z, "tau": tau, "step_index": step_index}
+    return inputs | {"action": action, "has_action": has_action}
 
 
 def latent_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Dataset window (`data.WindowDataset` of a latent cache) -> dynamics inputs. Frames
-    without a known action (an episode's first, an action-free episode's) have has_action
-    False and get the no-action embedding."""
-    return {
-        "z1": batch["latents"].float(),
-        "action": batch["action"],
-        "has_action": batch["has_action"],
-        "valid": batch["valid"],
+    """Dataset window (`data.WindowDataset` of a latent cache) -> dynamics inputs (frames
+    without a known action get the no-action embedding)."""
+    return {"z1": batch["latents"].float()} | {
+        k: batch[k] for k in ("action", "has_action", "valid")
     }

@@ -3,14 +3,12 @@ which makes such a folder from an imagination run:
 
     NAME/agent/      the imagination run: world model (dynamics transformer) and agent heads
     NAME/tokenizer/  its tokenizer
-    NAME/data/       a few episodes of its dataset, held-out ones first (start frames for
-                     `play`, contexts for the control figures); the manifest keeps the seeds of
-                     every collected episode (`collection_seeds`), so evaluation still picks
-                     fresh ones
+    NAME/data/       a few episodes, held-out ones first (start frames for `play`, contexts for
+                     the control figures); `collection_seeds` keeps every collected episode's
+                     seed, so evaluation still picks fresh ones
 
-Only weights (safetensors) and run.json files are copied; the paths inside run.json are
-relative to the run folder, so the folder works wherever it lies. A run from `rounds` keeps
-its round's choice of acting mode (run.json's `acting`), so `eval agent` acts that way.
+Only weights and run.json files (links relative to the run folder) are copied, so the folder
+works wherever it lies; run.json's `acting` (a round's choice) says how `eval agent` acts.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from pathlib import Path
 from nanodreamer.data import EpisodeStore
 from nanodreamer.data.sampler import split_episodes
 from nanodreamer.errors import UserError
-from nanodreamer.runs import RUN_FILE, copy_weights, fingerprint, read_run, write_run
+from nanodreamer.runs import RUN_FILE, export_weights, fingerprint, read_run, write_run
 
 PRETRAINED = Path(__file__).parent / "pretrained"
 
@@ -44,20 +42,18 @@ def pack(run: str | Path, out: str | Path, episodes: int = 4) -> Path:
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    unused = ("data", "world_model", "agent_run", "init")
-    tokenizer = read_run(info["tokenizer"], "tokenizer")
-    tokenizer = {k: v for k, v in tokenizer.items() if k not in unused}
-    (tmp / "tokenizer").mkdir(parents=True)
-    copy_weights(info["tokenizer"], tmp / "tokenizer", tokenizer)
-    write_run(tmp / "tokenizer", tokenizer)
-    agent = {k: v for k, v in info.items() if k not in unused} | {
-        "tokenizer": "../tokenizer",
-        "tokenizer_fingerprint": fingerprint(tmp / "tokenizer"),
-        "data": "../data",
-    }
-    (tmp / "agent").mkdir()
-    copy_weights(run, tmp / "agent", agent)
-    write_run(tmp / "agent", agent)
+
+    def place(source, name: str, info: dict, **links) -> None:  # run `source` as tmp/name
+        info = {
+            k: v for k, v in info.items() if k not in ("data", "world_model", "agent_run", "init")
+        }
+        (tmp / name).mkdir(parents=True)
+        export_weights(tmp / name, source, info | links)
+        write_run(tmp / name, info | links)
+
+    place(info["tokenizer"], "tokenizer", read_run(info["tokenizer"], "tokenizer"))
+    place(run, "agent", info, tokenizer="../tokenizer", data="../data",
+          tokenizer_fingerprint=fingerprint(tmp / "tokenizer"))  # fmt: skip
     _copy_episodes(EpisodeStore(info["data"]), tmp / "data", episodes)
     if out.exists():
         shutil.rmtree(out)

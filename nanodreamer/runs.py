@@ -24,8 +24,6 @@ from nanodreamer.tokenizer import Tokenizer, TokenizerConfig
 from nanodreamer.world import WorldModel
 
 RUN_FILE, CHECKPOINT, WEIGHTS = "run.json", "checkpoint.pt", "model.safetensors"
-
-
 PATHS = ("data", "tokenizer", "world_model", "agent_run", "init")  # run.json's links
 
 
@@ -62,18 +60,13 @@ def load_checkpoint(run: Path) -> dict:
         raise UserError(f"{path} is corrupt ({err}): remove it and train again") from None
 
 
-def export_weights(run: Path, model: nn.Module, info: dict) -> None:
-    """Weights as safetensors, with run.json's content as metadata."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _save_weights(run, tensors, info)
-
-
-def copy_weights(source: str | Path, run: Path, info: dict) -> None:
-    """A run's weights into folder `run`, with `info` (its new run.json) as their metadata."""
-    _save_weights(run, load_file(Path(source) / WEIGHTS), info)
-
-
-def _save_weights(run: Path, tensors: dict, info: dict) -> None:
+def export_weights(run: Path, weights: nn.Module | str | Path, info: dict) -> None:
+    """A model's weights, or a run folder's (copied), as safetensors with `info` (run.json's
+    content) as metadata."""
+    if isinstance(weights, nn.Module):
+        tensors = {k: v.detach().contiguous().cpu() for k, v in weights.state_dict().items()}
+    else:
+        tensors = load_file(Path(weights) / WEIGHTS)
     metadata = {"run": json.dumps(info)}
     atomic_write(run / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -111,11 +104,8 @@ def fingerprint(tokenizer_run: str | Path) -> str:
     weights = Path(tokenizer_run) / WEIGHTS
     if not weights.is_file():
         raise UserError(f"{tokenizer_run} has no {WEIGHTS}: train the tokenizer first")
-    digest = hashlib.sha256()
     with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def config_from(cls, values: dict, run: str | Path):
@@ -137,10 +127,11 @@ def load_tokenizer(run: str | Path, device: str | torch.device = "cpu") -> Token
     return model.to(device).eval()
 
 
-def read_agent_run(run: str | Path) -> dict:
+def read_agent_run(run: str | Path, phases=("agent", "imagination"), needed="an agent") -> dict:
+    """run.json of a run of one of `phases`."""
     info = read_run(run)
-    if info.get("phase") not in ("agent", "imagination"):
-        raise UserError(f"{run} is a {info.get('phase')} run, but an agent run is needed here")
+    if info.get("phase") not in phases:
+        raise UserError(f"{run} is a {info.get('phase')} run, but {needed} run is needed here")
     return info
 
 
@@ -158,9 +149,7 @@ def load_world_model(
     run: str | Path, device: str | torch.device = "cpu", steps: int = 4, **kwargs
 ) -> WorldModel:
     """Tokenizer + dynamics of a dynamics (or agent) run, checked to belong together."""
-    info = read_run(run)
-    if info.get("phase") not in ("dynamics", "agent", "imagination"):
-        raise UserError(f"{run} is a {info.get('phase')} run, but a dynamics run is needed here")
+    info = read_agent_run(run, ("dynamics", "agent", "imagination"), "a dynamics")
     if fingerprint(info["tokenizer"]) != info["tokenizer_fingerprint"]:
         raise UserError(
             f"the tokenizer run {info['tokenizer']} changed after {run} was trained on it: "

@@ -45,13 +45,10 @@ class TokenizerConfig:
         return (self.image_size // self.patch) ** 2
 
 
+_SHALLOW = dict(latent_dim=16, heads=4, enc_depth=2, dec_depth=2, window=4)
 TOKENIZER_PRESETS = {
-    "tiny": TokenizerConfig(
-        n_latents=16, latent_dim=16, dim=64, heads=4, enc_depth=2, dec_depth=2, window=4
-    ),
-    "small": TokenizerConfig(
-        n_latents=32, latent_dim=16, dim=96, heads=4, enc_depth=2, dec_depth=2, window=4
-    ),
+    "tiny": TokenizerConfig(n_latents=16, dim=64, **_SHALLOW),
+    "small": TokenizerConfig(n_latents=32, dim=96, **_SHALLOW),
     "base": TokenizerConfig(),
 }
 
@@ -71,7 +68,7 @@ class Tokenizer(nn.Module):
             groups=(("latents", c.n_latents), ("queries", c.n_patches)),
             reads={"latents": ("latents",), "queries": ("latents", "queries")},
         )
-        blocks = {"dim": c.dim, "heads": c.heads, "time_every": c.time_every, "window": c.window}
+        blocks = dict(dim=c.dim, heads=c.heads, time_every=c.time_every, window=c.window)
         blocks["mlp_ratio"] = c.mlp_ratio
         # encoder
         self.patch_in = nn.Linear(patch_pixels, c.dim)
@@ -115,10 +112,8 @@ class Tokenizer(nn.Module):
         return KVCache()
 
     # encoder / decoder ------------------------------------------------------------------------
-    def _encode(
-        self, frames: torch.Tensor, mask_prob: torch.Tensor | None = None, cache=None
-    ) -> torch.Tensor:
-        """frames (B,T,C,H,W) in [0,1] -> latents (B,T,N,Dl) in (-1,1)."""
+    def _encode(self, frames: torch.Tensor, mask_prob=None, cache=None) -> torch.Tensor:
+        """frames (B,T,C,H,W) in [0,1] -> latents (B,T,N,Dl) in (-1,1); `mask_prob` (B,T)."""
         c = self.config
         b, t = frames.shape[:2]
         patches = rearrange(frames, "b t c (h p) (w q) -> b t (h w) (p q c)", p=c.patch, q=c.patch)
@@ -139,18 +134,15 @@ class Tokenizer(nn.Module):
         x = torch.cat([x, self.queries.expand(b, t, -1, -1)], dim=2)  # (B,T,N+P,D)
         x = self.decoder(x, cache=cache)
         pixels = self.to_pixels(x[:, :, c.n_latents :])  # (B,T,P,p*p*C)
-        side = c.image_size // c.patch
-        frames = rearrange(
-            pixels, "b t (h w) (p q c) -> b t c (h p) (w q)", h=side, p=c.patch, q=c.patch
-        )
-        return (frames + 1) / 2
+        side, p = c.image_size // c.patch, c.patch
+        return (
+            rearrange(pixels, "b t (h w) (p q c) -> b t c (h p) (w q)", h=side, p=p, q=p) + 1
+        ) / 2
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """frames (B,T,C,H,W) float in [0,1] -> latents (B,T,N,Dl) in (-1,1), no masking.
-
-        With a cache (from `new_cache()`), frames continue a stream: encoding frame by frame
-        gives the same latents as encoding the whole sequence at once."""
+        """frames (B,T,C,H,W) float in [0,1] -> latents (B,T,N,Dl) in (-1,1), no masking. With
+        a cache (`new_cache()`) frames continue a stream: frame by frame equals all at once."""
         self.check_frames(frames)
         return self._encode(frames, cache=cache)
 
@@ -168,11 +160,8 @@ class Tokenizer(nn.Module):
                 parameter.requires_grad_(False)
         self.perceptual = network
 
-    def loss(
-        self, frames: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict]:
-        """Masked-autoencoding loss on frames (B,T,C,H,W) in [0,1]; `valid` (B,T) marks
-        real (not padded) frames."""
+    def loss(self, frames: torch.Tensor, valid=None) -> tuple[torch.Tensor, dict]:
+        """Masked-autoencoding loss on frames (B,T,C,H,W) in [0,1]; `valid` (B,T): not padding."""
         b, t = frames.shape[:2]
         mask_prob = torch.rand(b, t, device=frames.device) * self.config.mask_max
         recon = self._decode(self._encode(frames, mask_prob))

@@ -7,9 +7,8 @@
 
 Past frames are fed back at signal level `context_signal` through a key/value cache, so each
 denoising step processes only the new frame; `use_cache=False` recomputes the whole history
-instead (same results, for checking and for timing). A generated frame depends on itself and
-the `window - 1` frames before it (the receptive field the model was trained on), however long
-the rollout; the cache holds only what that needs.
+(same results, for checking and timing). A frame depends on the `window - 1` frames before it
+(the receptive field the model was trained on), however long the rollout.
 """
 
 from __future__ import annotations
@@ -23,13 +22,7 @@ from nanodreamer.tokenizer import Tokenizer
 
 class WorldModel:
     def __init__(
-        self,
-        tokenizer: Tokenizer,
-        dynamics: Dynamics,
-        *,
-        steps: int = 4,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
+        self, tokenizer: Tokenizer, dynamics: Dynamics, *, steps=4, use_cache=True, generator=None
     ):
         check_steps(dynamics, steps)
         self.tokenizer, self.dynamics = tokenizer.eval(), dynamics.eval()
@@ -43,16 +36,10 @@ class WorldModel:
         return torch.randn(shape, generator=self.generator, device=self.device)
 
     @torch.no_grad()
-    def reset(
-        self,
-        context_frames: torch.Tensor,
-        context_actions: torch.Tensor,
-        has_action: torch.Tensor | None = None,
-    ) -> None:
-        """Start (B) new rollouts from real frames (B,T,C,H,W) in [0,1] and the actions that
-        led to them (B,T,A); `has_action` (B,T) False where there was none. By default the
-        context starts an episode: its first frame has no action. T = 0 starts from the
-        model's own unconditioned first frame."""
+    def reset(self, context_frames, context_actions, has_action=None) -> None:
+        """Start B rollouts from real frames (B,T,C,H,W) in [0,1] and the actions that led to
+        them (B,T,A); `has_action` (B,T), by default False for the first frame only (the
+        context starts an episode). T = 0 starts from the model's own first frame."""
         b, t = context_frames.shape[:2]
         self.dynamics.check_actions(context_actions)
         if has_action is None:
@@ -67,9 +54,8 @@ class WorldModel:
         self._append(latents, context_actions.to(self.device), has_action.to(self.device))
 
     def _append(self, latents, action, has_action) -> None:
-        inputs = context_inputs(
-            self.dynamics, latents, action, has_action, self._noise(latents.shape)
-        )
+        noise = self._noise(latents.shape)
+        inputs = context_inputs(self.dynamics, latents, action, has_action, noise)
         if self.use_cache:
             self.dynamics(**inputs, cache=self.context)
         elif self.context is None:
@@ -98,9 +84,7 @@ class WorldModel:
         return self.tokenizer.decode(z[:, None], cache=self.decoder_cache)[:, 0]
 
     @torch.no_grad()
-    def imagine(
-        self, context_frames: torch.Tensor, context_actions: torch.Tensor, actions: torch.Tensor
-    ) -> torch.Tensor:
+    def imagine(self, context_frames, context_actions, actions: torch.Tensor) -> torch.Tensor:
         """Frames (B,H,C,H,W) imagined after the context, one per action in actions (B,H,A)."""
         self.reset(context_frames, context_actions)
         return torch.stack([self.step(actions[:, i]) for i in range(actions.shape[1])], 1)

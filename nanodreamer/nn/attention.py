@@ -21,11 +21,8 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head attention through `scaled_dot_product_attention`.
-
-    `kv_heads < heads` gives grouped-query attention; QK-norm (RMSNorm on queries and keys per
-    head) keeps logits bounded without soft-capping.
-    """
+    """Multi-head attention through `scaled_dot_product_attention`; `kv_heads < heads`: grouped
+    queries. QK-norm (RMSNorm per head) keeps logits bounded without soft-capping."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int | None = None, qk_norm: bool = True):
         super().__init__()
@@ -48,14 +45,8 @@ class Attention(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None = None,  # cached k, v (N, Hkv, Lc, Dh)
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         n, length, dim = x.shape
-        q, k, v = self.qkv(x).split(
-            [
-                self.heads * self.head_dim,
-                self.kv_heads * self.head_dim,
-                self.kv_heads * self.head_dim,
-            ],
-            dim=-1,
-        )
+        kv_dim = self.kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([self.heads * self.head_dim, kv_dim, kv_dim], dim=-1)
         q = self.q_norm(q.view(n, length, self.heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(k.view(n, length, self.kv_heads, self.head_dim)).transpose(1, 2)
         v = v.view(n, length, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -71,12 +62,9 @@ class Attention(nn.Module):
 
 
 class KVCache:
-    """Keys and values of past frames for every time-attention layer.
-
-    A layer that looks back `span` frames keeps its last `span - 1` frames (`put(..., keep)`),
-    so a new frame attends to exactly the frames it would in whole-sequence processing.
-    `frames` counts every frame ever appended and gives the RoPE position of the next one.
-    """
+    """Keys and values of past frames per time-attention layer. A layer that looks back `span`
+    frames keeps its last `span - 1` (`put(..., keep)`): a new frame attends to exactly what it
+    would in whole-sequence processing. `frames` counts every frame appended (RoPE position)."""
 
     def __init__(self):
         self.layers: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}

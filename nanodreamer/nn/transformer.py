@@ -19,11 +19,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import (
-    CheckpointPolicy,
-    checkpoint,
-    create_selective_checkpoint_contexts,
-)
+from torch.utils import checkpoint as ckpt
 
 from nanodreamer.nn.attention import Attention, KVCache, rope_angles
 
@@ -31,9 +27,7 @@ from nanodreamer.nn.attention import Attention, KVCache, rope_angles
 @dataclass(frozen=True)
 class TokenLayout:
     """The tokens of one frame, in order, and which modalities each modality may read.
-
-    groups: ((name, count), ...); reads: {name: (names it attends to)}.
-    """
+    groups: ((name, count), ...); reads: {name: (names it attends to)}."""
 
     groups: tuple[tuple[str, int], ...]
     reads: dict[str, tuple[str, ...]]
@@ -75,16 +69,14 @@ _ATTENTION = {  # the fused kernels, and bmm: scores and outputs of the unfused 
 }
 
 
-def _keep_expensive(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+def _keep_expensive(ctx, op, *args, **kwargs) -> ckpt.CheckpointPolicy:
     """Selective checkpointing keeps what attention and linear layers computed, the ops that
     are expensive to redo, except layers that narrow their input (the MLP's down projection):
     their output only joins the residual stream, which no backward step reads. Norms, SiLU,
     RoPE and adds are recomputed in the backward pass."""
-    if op in _ATTENTION:
-        return CheckpointPolicy.MUST_SAVE
-    if op in _LINEAR and args[-1].shape[-1] >= args[-2].shape[-1]:  # (M, K) @ (K, N), N >= K
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
+    widens = op in _LINEAR and args[-1].shape[-1] >= args[-2].shape[-1]  # (M, K) @ (K, N), N >= K
+    policy = ckpt.CheckpointPolicy
+    return policy.MUST_SAVE if op in _ATTENTION or widens else policy.PREFER_RECOMPUTE
 
 
 # Activation checkpointing of each block, as options of `checkpoint`: "none" keeps every
@@ -92,7 +84,9 @@ def _keep_expensive(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 # "selective" reruns only cheap ops.
 CHECKPOINTING = {
     "none": None,
-    "selective": {"context_fn": partial(create_selective_checkpoint_contexts, _keep_expensive)},
+    "selective": {
+        "context_fn": partial(ckpt.create_selective_checkpoint_contexts, _keep_expensive)
+    },
     "full": {},
 }
 
@@ -141,17 +135,8 @@ class Block(nn.Module):
 
 
 class AxialTransformer(nn.Module):
-    def __init__(
-        self,
-        layout: TokenLayout,
-        dim: int,
-        depth: int,
-        heads: int,
-        kv_heads: int | None = None,
-        time_every: int = 4,
-        window: int = 16,
-        mlp_ratio: float = 4.0,
-    ):
+    def __init__(self, layout: TokenLayout, dim: int, depth: int, heads: int, kv_heads=None,
+                 time_every=4, window=16, mlp_ratio=4.0):  # fmt: skip
         super().__init__()
         self.layout, self.window = layout, window
         self.blocks = nn.ModuleList(
@@ -170,17 +155,10 @@ class AxialTransformer(nn.Module):
         self.head_dim = dim // heads
         self.checkpointing = "none"  # a key of CHECKPOINTING
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cache: KVCache | None = None,
-        update_cache: bool = True,
-        independent: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x, cache: KVCache | None = None, update_cache=True, independent=None):
         """x (B, T, S, D) -> (B, T, S, D). With a cache, x holds the frames after the cached
         ones; `update_cache=False` reads the cache without adding these frames to it.
-        `independent` (B,) bool marks sequences whose frames are separate images (no time
-        attention across them)."""
+        `independent` (B,) bool: sequences whose frames are separate images (no time attention)."""
         if independent is not None and independent.any():
             b, t, s, d = x.shape
             out = torch.empty_like(x)
@@ -203,7 +181,7 @@ class AxialTransformer(nn.Module):
                 kwargs = {"mask": space_mask}
             options = CHECKPOINTING[self.checkpointing] if self.training else None
             if options is not None:
-                x, kv = checkpoint(block, x, use_reentrant=False, **options, **kwargs)
+                x, kv = ckpt.checkpoint(block, x, use_reentrant=False, **options, **kwargs)
             else:
                 x, kv = block(x, **kwargs)
             if block.time and cache is not None and update_cache:
