@@ -1,20 +1,13 @@
-"""Rounds of collect -> train -> evaluate in one folder: `nanodreamer rounds`, and
-`nanodreamer demo` (one budgeted call of it, with a summary). The folder's layout and the
-figures it writes: docs/commands.md ("rounds") and docs/evaluation.md.
+"""Rounds of collect -> train -> evaluate in one folder: `nanodreamer rounds`, and `nanodreamer
+demo` (one budgeted call of it). Layout and figures: docs/commands.md, docs/evaluation.md.
 
-Before round R > 0 the dataset grows by `episodes_per_round` episodes: a `random_share` of them
-from the random policy (exploration the policy does not choose), the rest from round R-1's
-imagination policy acting as it is evaluated, so the world model learns the states that
-policy reaches. The tokenizer trains in round 0 (on every frame the collection stepped
-through, with an action repeat) and then stays frozen, so later rounds only encode their new
-episodes; each later phase continues round R-1's weights.
-
-How the imagination policy acts is chosen per round on validation episodes (full length, on
-seeds apart from the evaluation's and every collection's, half the evaluation's count each
-way): greedily or by sampling, whichever returns more. Neither wins everywhere
-(bench/log/acting-mode.md); choosing on the evaluation's own seeds would inflate the figure.
-A finished phase (its run.json says so) is skipped, an interrupted one resumes its checkpoint,
-written figures are kept, and collection tops the dataset up: a killed run, rerun, continues.
+Before round R > 0 the dataset grows: a `random_share` from the random policy, the rest from
+round R-1's imagination policy acting as it is evaluated, so the world model learns the states
+that policy reaches. The tokenizer trains in round 0 (on every stepped frame) and then stays
+frozen; each later phase continues round R-1's weights. How the policy acts (greedy or
+sampled) is chosen per round on validation episodes on seeds apart from the evaluation's
+(bench/log/acting-mode.md). A finished phase is skipped, an interrupted one resumes, written
+figures are kept and collection tops the dataset up: a killed run, rerun, continues.
 """
 
 from __future__ import annotations
@@ -77,8 +70,7 @@ def round_dir(out: Path, r: int) -> Path:
 
 def _collect(data: Path, c: RoundsConfig, r: int) -> None:
     """Top the dataset up to its size at round r, in episodes or, with `first_steps`, agent
-    steps (`action_repeat` per recorded decision): `first_*` random ones before round 0; before
-    each later round a random share of the round's, the rest from the previous round's policy."""
+    steps (`action_repeat` per recorded decision)."""
     by_steps = c.first_steps is not None
     first, per = (c.first_steps, c.steps_per_round) if by_steps else (
         c.first_episodes, c.episodes_per_round)  # fmt: skip
@@ -154,22 +146,18 @@ def train_tokenizer(data: Path, run: Path, preset: str, budget: dict, device, c)
     return _train(run, lambda: TokenizerPhase(data, config, cfg), cfg, device)
 
 
-def train_dynamics(
-    data, out: Path, here: Path, preset, budget, device, before, c: RoundsConfig
-) -> dict:
+def train_dynamics(data, out: Path, here: Path, preset, budget, device, before, c) -> dict:
     cfg = _budget(DYNAMICS_TRAIN[preset], budget["dynamics"], c)
     if c.dynamics.window:  # every 8th step trains on windows twice the context, as presets do
         cfg = replace(cfg, seq_len=c.dynamics.window, long_seq_len=2 * c.dynamics.window)
-    tokenizer = out / "tokenizer"
+    tokenizer, run = out / "tokenizer", here / "dynamics"
     latents = encode_dataset(data, tokenizer, device.device)
     config = dynamics_config_for(latents, DYNAMICS_PRESETS[preset], c.dynamics, cfg.seq_len)
     init = before / "dynamics" if before else None
-    run = here / "dynamics"
     _train(run, lambda: DynamicsPhase(data, tokenizer, config, cfg, init=init), cfg, device)
 
     def measure() -> dict:
-        world = load_world_model(run, device.device)
-        gif = here / "imagination.gif"
+        world, gif = load_world_model(run, device.device), here / "imagination.gif"
         return evaluate_dynamics(world, data, gif=gif, windows=8, quick=not c.figures)
 
     return kept(here / "dynamics.json", measure)
@@ -194,13 +182,11 @@ def train_agent(data: Path, here: Path, budget: dict, device, before, c: RoundsC
 
 
 def evaluate_round(here: Path, env: str, episodes: int, figures: bool = True) -> dict:
-    """Full-length episodes on fresh seeds (the same for every policy), and the world model's
-    figures for control (`eval.control`); kept in eval.json, so never run twice. The
-    imagination policy's `return_*` are for its `acting` mode (`choose_acting`); both modes
-    are also given on the evaluation seeds (`greedy_return_*`, `sampled_return_*`), BC both
-    ways (`bc_return_*` greedy, `bc_sampled_return_*`), and `bc_best_*`, the better BC on these
-    seeds (the baseline favoured). The choice is also kept in the policy's run.json.
-    `figures` False: no control figures."""
+    """Full-length episodes on fresh seeds (the same for every policy) and the control figures
+    (`eval.control`, unless `figures` is False), kept in eval.json. `return_*`: the policy in
+    its `acting` mode (`choose_acting`, also kept in its run.json); `greedy_return_*`,
+    `sampled_return_*`; BC greedy (`bc_return_*`), sampled (`bc_sampled_return_*`) and the
+    better of the two on these seeds (`bc_best_*`: the baseline favoured)."""
     results = kept(here / "eval.json", lambda: _evaluate(here, env, episodes, figures))
     record_acting(here / "imagination", results["acting"])
     return results
@@ -228,8 +214,8 @@ ACTING_SEED = 1  # the validation episodes' seeds; the evaluation draws its own 
 
 
 def choose_acting(run: Path, env: str, episodes: int) -> dict:
-    """Greedy or sampled: whichever returns more over `episodes` full-length validation
-    episodes each (module doc). `acting_frames`: the env frames they stepped."""
+    """Greedy or sampled: whichever returns more over `episodes` validation episodes each
+    (module doc). `acting_frames`: the env frames they stepped."""
     returns, frames = {}, 0
     for mode in ("greedy", "sampled"):
         scores = evaluate_agent(run, env, episodes, seed=ACTING_SEED, random=False,
@@ -240,8 +226,8 @@ def choose_acting(run: Path, env: str, episodes: int) -> dict:
 
 
 def record_acting(run: Path, acting: str) -> None:
-    """Keep the round's choice in the policy's run.json, so that `eval agent`, `collect
-    --policy`, `play` and `pack` act that way by default."""
+    """Keep the round's choice in the policy's run.json: `eval agent`, `collect --policy`,
+    `play` and `pack` act that way by default."""
     info = json.loads((run / RUN_FILE).read_text())  # as written: links stay as they are
     if info.get("acting") != acting:
         write_run(run, info | {"acting": acting})

@@ -38,6 +38,7 @@ from nanodreamer.data import EpisodeStore
 from nanodreamer.envs.atari import action_meanings, atari_id
 from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import AgentPolicy
+from nanodreamer.recipes import knob
 from nanodreamer.runs import load_world_model, read_agent_run, read_run
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
@@ -49,16 +50,16 @@ PAGE = Path(__file__).with_name("play.html")
 
 @dataclass
 class PlayConfig:
-    run: str
-    data: str | None = None
-    agent: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_sessions: int = 4
-    fps: float = 20.0  # target frames/s while running; slower if the model is
-    steps: int = 4  # denoising steps per frame
-    context: int = 4  # real frames a dataset start gives the model
-    device: str | None = None
+    run: str  # a dynamics (or agent) run
+    data: str | None = knob(None, "dataset whose episodes give start frames")
+    agent: str | None = knob(None, "agent run that can drive (a toggle on the page)")
+    host: str = knob("127.0.0.1", "address to listen on")
+    port: int = knob(8000, "0 picks a free port")
+    max_sessions: int = knob(4, "browser tabs at once")
+    fps: float = knob(20.0, "target frames/s (slower if the model is)")
+    steps: int = knob(4, "denoising steps per frame")
+    context: int = knob(4, "real start frames from --data")
+    device: str | None = knob(None, "cpu or cuda (default: cuda when available)")
 
 
 @dataclass

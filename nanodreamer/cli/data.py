@@ -22,11 +22,8 @@ ENV_OWN = EnvSettings(action_repeat=1, max_episode_steps=None, max_gas=None)  # 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("collect", help="collect episodes into a dataset folder")
-    p.add_argument(
-        "--env",
-        default="car-racing",
-        help="car-racing, multi-car-racing, dot, atari:Game or a Gym id",
-    )
+    envs = "car-racing, multi-car-racing, dot, atari:Game or a Gym id"
+    p.add_argument("--env", default="car-racing", help=envs)
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--episodes", type=int, help="episodes (one per car and race)")
     amount.add_argument("--steps", type=int, help="agent steps (running episodes kept, cut)")
@@ -43,9 +40,8 @@ def add_commands(sub) -> None:
     )
     p.set_defaults(func=cmd_collect)
 
-    data = sub.add_parser("data", help="inspect, check, import and export datasets").add_subparsers(
-        dest="data_command", required=True
-    )
+    data = sub.add_parser("data", help="inspect, check, import and export datasets")
+    data = data.add_subparsers(dest="data_command", required=True)
     p = data.add_parser("info", help="episodes, frames, lengths, returns, actions, size")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
@@ -54,9 +50,8 @@ def add_commands(sub) -> None:
     p.add_argument("dir")
     p.add_argument("--repair", action="store_true")
     p.set_defaults(func=cmd_data_verify)
-    imports = data.add_parser("import", help="bring video or a Minari dataset in").add_subparsers(
-        dest="import_command", required=True
-    )
+    imports = data.add_parser("import", help="bring video or a Minari dataset in")
+    imports = imports.add_subparsers(dest="import_command", required=True)
     p = imports.add_parser(
         "video", help="video files or frame folders, one action-free episode each"
     )
@@ -68,9 +63,8 @@ def add_commands(sub) -> None:
     p.add_argument("dataset", help="Minari dataset id")
     p.add_argument("--out", required=True, help="new dataset folder")
     p.set_defaults(func=cmd_import_minari)
-    exports = data.add_parser("export", help="write a dataset in another format").add_subparsers(
-        dest="export_command", required=True
-    )
+    exports = data.add_parser("export", help="write a dataset in another format")
+    exports = exports.add_subparsers(dest="export_command", required=True)
     p = exports.add_parser("minari", help="a local Minari dataset (loads in Minari and TorchRL)")
     p.add_argument("dir")
     p.add_argument("--dataset-id", required=True, help="e.g. car-racing/random-v0")
@@ -89,17 +83,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
         cars = args.num_cars or 1  # one policy context per car stream
         races = -(-args.episodes // cars) if args.episodes else args.workers
         policy = AgentPolicy(args.policy, num_envs=min(args.workers, races) * cars)
-    store = collect(
-        args.env,
-        args.out,
-        args.episodes,
-        steps=args.steps,
-        workers=args.workers,
-        seed=args.seed,
-        env_options=options,
-        policy=policy,
-        frames=args.frames,
-    )
+    given = {k: getattr(args, k) for k in ("steps", "workers", "seed", "frames")}
+    store = collect(args.env, args.out, args.episodes, env_options=options, policy=policy, **given)
     info = summarize(store)
     print(f"{args.out}: {info['episodes']} episodes, {info['frames']} frames")
     if args.frames:
@@ -118,21 +103,19 @@ def format_summary(info: dict) -> str:
         values = {k: ",".join(f"{v:.3g}" for v in np.atleast_1d(x)) for k, x in stats.items()}
         return "  ".join(f"{k}={v}" for k, v in values.items())
 
-    return "\n".join(
-        [
-            f"dataset      {info['path']}",
-            f"env          {info['env']} {info['env_options']}",
-            f"obs          {'x'.join(map(str, info['obs_shape']))} uint8, action_dim "
-            f"{info['action_dim']}, bins {info['action_bins'] or 'continuous'}",
-            f"episodes     {info['episodes']} ({info['terminated_episodes']} terminated, "
-            f"{info['episodes'] - info['labelled_episodes']} action-free)",
-            f"frames       {info['frames']}",
-            f"length       {fmt(info['episode_length'])}",
-            f"return       {fmt(info['episode_return'])}",
-            f"action       {fmt(info['action'])}",
-            f"on disk      {info['bytes_on_disk'] / 2**20:.1f} MiB",
-        ]
-    )
+    rows = {
+        "dataset": info["path"],
+        "env": f"{info['env']} {info['env_options']}",
+        "obs": f"{'x'.join(map(str, info['obs_shape']))} uint8, action_dim {info['action_dim']}, "
+        f"bins {info['action_bins'] or 'continuous'}",
+        "episodes": f"{info['episodes']} ({info['terminated_episodes']} terminated, "
+        f"{info['episodes'] - info['labelled_episodes']} action-free)",
+        "frames": info["frames"],
+        **{k: fmt(info[key]) for k, key in (("length", "episode_length"),
+                                            ("return", "episode_return"), ("action", "action"))},
+        "on disk": f"{info['bytes_on_disk'] / 2**20:.1f} MiB",
+    }  # fmt: skip
+    return "\n".join(f"{k:<13}{v}" for k, v in rows.items())
 
 
 def cmd_data_verify(args: argparse.Namespace) -> None:

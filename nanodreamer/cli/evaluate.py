@@ -25,9 +25,8 @@ KINDS = ("", "baseline_", "ceiling_", "shuffled_", "counterfactual_", "ignore_ac
 
 
 def add_commands(sub) -> None:
-    evaluate = sub.add_parser("eval", help="evaluate a trained run").add_subparsers(
-        dest="eval_command", required=True
-    )
+    evaluate = sub.add_parser("eval", help="evaluate a trained run")
+    evaluate = evaluate.add_subparsers(dest="eval_command", required=True)
     p = evaluate.add_parser("tokenizer", help="reconstruction PSNR and SSIM on validation data")
     add_run_flags(p, windows=32, gif="reconstruction")
     p.set_defaults(func=cmd_eval_tokenizer)
@@ -45,24 +44,13 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     acting = p.add_mutually_exclusive_group()  # neither: as the run records (pack), else sample
     acting.add_argument("--mode", action="store_true", default=None, help="most likely actions")
-    acting.add_argument(
-        "--sample",
-        dest="mode",
-        action="store_false",
-        default=None,
-        help="sampled actions (default, unless the run records a choice)",
-    )
-    p.add_argument(
-        "--max-episode-steps", type=int, help="cap episodes (default: the env's own limit)"
-    )
+    sampled = "sampled actions (default, unless the run records a choice)"
+    acting.add_argument("--sample", dest="mode", action="store_false", default=None, help=sampled)
+    p.add_argument("--max-episode-steps", type=int, help="cap episodes (default: the env's limit)")
     p.add_argument("--video", help="write the first episode as .gif or .mp4")
     p.add_argument("--num-cars", type=int, help="multi-car-racing: cars per race")
-    p.add_argument(
-        "--opponents",
-        choices=("self", "random"),
-        default="self",
-        help="multi-car-racing: the policy drives every car, or car 0 against random cars",
-    )
+    rivals = "multi-car-racing: the policy drives every car, or car 0 against random cars"
+    p.add_argument("--opponents", choices=("self", "random"), default="self", help=rivals)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_agent)
 
@@ -103,13 +91,9 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> None:
     windows = validation_windows(args.data, seq_len, count=args.windows, split=args.split)
     gif = Path(args.gif) if args.gif else Path(args.run) / "eval_reconstruction.gif"
     results = evaluate_tokenizer(model, windows, gif=gif) | {"gif": str(gif)}
-    if args.json:
-        print(to_json(results))
-    else:
-        print(
-            f"PSNR {results['psnr']:.2f} dB  SSIM {results['ssim']:.4f}  "
-            f"({results['frames']} validation frames)  reconstruction: {gif}"
-        )
+    text = f"PSNR {results['psnr']:.2f} dB  SSIM {results['ssim']:.4f}  "
+    text += f"({results['frames']} validation frames)  reconstruction: {gif}"
+    print(to_json(results) if args.json else text)
 
 
 def cmd_eval_dynamics(args: argparse.Namespace) -> None:
@@ -166,17 +150,8 @@ def cmd_imagine(args: argparse.Namespace) -> None:
 
 def cmd_eval_agent(args: argparse.Namespace) -> None:
     run = args.run or str(pretrained(args.pretrained) / "agent")
-    results = evaluate_agent(
-        run,
-        args.env,
-        args.episodes,
-        seed=args.seed,
-        video=args.video,
-        mode=args.mode,
-        max_episode_steps=args.max_episode_steps,
-        num_cars=args.num_cars,
-        opponents=args.opponents,
-    )
+    names = ("seed", "video", "mode", "max_episode_steps", "num_cars", "opponents")
+    results = evaluate_agent(run, args.env, args.episodes, **{k: getattr(args, k) for k in names})
     results |= control_figures(run)
     print(to_json(results) if args.json else format_agent_results(results, args.env))
 

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
-from nanodreamer.cli.flags import (
-    add_recipe_flag,
-    add_run_or_pretrained,
-    add_settings_flags,
-    check_gas_cap,
-    with_flags,
-)
+from nanodreamer.cli import flags
 from nanodreamer.demo import run_demo
 from nanodreamer.errors import UserError
 from nanodreamer.pipeline import run_rounds
@@ -20,12 +15,10 @@ from nanodreamer.recipes import RoundsConfig, recipe, recipe_for
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser(
-        "rounds", help="rounds of collect -> train -> evaluate in one folder (--recipe)"
-    )
+    p = sub.add_parser("rounds", help="rounds of collect -> train -> evaluate in one folder")
     p.add_argument("--out", required=True, help="folder (rerun the same command to resume)")
-    add_recipe_flag(p, default=None)
-    add_settings_flags(p, RoundsConfig())
+    flags.add_recipe_flag(p, default=None)
+    flags.add_settings_flags(p, RoundsConfig())
     p.set_defaults(func=cmd_rounds)
 
     p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
@@ -42,24 +35,16 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("play", help="drive inside a world model in the browser")
-    add_run_or_pretrained(p, "dynamics (or agent) run folder")
-    p.add_argument("--data", help="dataset whose episodes give start frames")
-    p.add_argument("--agent", help="agent run that can drive (a toggle on the page)")
-    p.add_argument("--host", default="127.0.0.1")
+    flags.add_run_or_pretrained(p, "dynamics (or agent) run folder")
+    flags.add_settings_flags(p, PlayConfig(run=""), show=False)
     p.add_argument("--public", action="store_true", help="allow a non-loopback --host")
-    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    p.add_argument("--max-sessions", type=int, default=4, help="browser tabs at once")
-    p.add_argument("--fps", type=float, default=20.0, help="target frames/s")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per frame")
-    p.add_argument("--context", type=int, default=4, help="real start frames from --data")
-    p.add_argument("--device")
     p.set_defaults(func=cmd_play)
 
 
 def cmd_rounds(args: argparse.Namespace) -> None:
     env = getattr(args, "env", "car-racing")
-    config = with_flags(args, recipe(args.recipe) if args.recipe else recipe_for(env))
-    check_gas_cap(config.env, hasattr(args, "collect.max_gas"))
+    config = flags.with_flags(args, recipe(args.recipe) if args.recipe else recipe_for(env))
+    flags.check_gas_cap(config.env, hasattr(args, "collect.max_gas"))
 
     def interval(e: dict, who: str) -> str:  # one episode has no interval (null in JSON)
         ci = e[f"{who}return_ci95"]
@@ -84,16 +69,14 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 
 def cmd_play(args: argparse.Namespace) -> None:
-    loopback = ("127.0.0.1", "localhost", "::1")
-    if args.host not in loopback and not args.public:
+    config = flags.with_flags(args, PlayConfig(run=args.run))
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not args.public:
         raise UserError(
-            f"--host {args.host} would let other machines drive the model: add --public to "
+            f"--host {config.host} would let other machines drive the model: add --public to "
             "mean it, or keep the default 127.0.0.1"
         )
-    config = {k: getattr(args, k) for k in ("run", "data", "agent", "host", "port", "fps")}
-    config |= {"max_sessions": args.max_sessions, "steps": args.steps, "device": args.device}
     if args.pretrained:  # its world model and agent are one run; its episodes give start frames
-        folder = pretrained(args.pretrained)
-        config |= {"run": str(folder / "agent"), "agent": config["agent"] or str(folder / "agent")}
-        config["data"] = config["data"] or str(folder / "data")
-    serve(PlayConfig(**config, context=args.context))
+        agent = str(pretrained(args.pretrained) / "agent")
+        data = config.data or str(pretrained(args.pretrained) / "data")
+        config = replace(config, run=agent, agent=config.agent or agent, data=data)
+    serve(config)

@@ -34,9 +34,8 @@ def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
 
 
 def add_commands(sub) -> None:
-    train = sub.add_parser("train", help="train one phase").add_subparsers(
-        dest="train_command", required=True
-    )
+    train = sub.add_parser("train", help="train one phase")
+    train = train.add_subparsers(dest="train_command", required=True)
     p = train.add_parser("tokenizer", help="phase 1a: the causal masked-autoencoder tokenizer")
     add_train_flags(p, TOKENIZER_PRESETS)
     p.add_argument("--lpips", help="perceptual loss: 'lpips' (package) or an exported .pt2 file")
@@ -47,15 +46,10 @@ def add_commands(sub) -> None:
     p.add_argument("--tokenizer", required=True, help="tokenizer run folder")
     add_recipe_flag(p)
     add_settings_flags(p, DynamicsSettings(), skip=("window",))  # --seq-len sets it
-    p.add_argument(
-        "--long-seq-len", type=int, help="every 8th step's window length (default 2x; 0 = off)"
-    )
-    p.add_argument(
-        "--labelled-frac",
-        type=float,
-        help="keep the actions of this share of the labelled episodes, hide the rest "
-        "(chosen per episode, fixed by --seed; default 1)",
-    )
+    long = "every 8th step's window length (default 2x; 0 = off)"
+    p.add_argument("--long-seq-len", type=int, help=long)
+    hide = "keep the actions of this share of the labelled episodes (per episode, by --seed)"
+    p.add_argument("--labelled-frac", type=float, help=hide)
     p.set_defaults(func=cmd_train_dynamics)
 
     p = train.add_parser("agent", help="phase 2: behaviour cloning + reward model (MTP)")

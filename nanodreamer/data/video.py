@@ -1,11 +1,8 @@
 """`nanodreamer data import video`: video files and folders of numbered frames as action-free
-episodes, one per input.
-
-Each input is decoded whole (mp4, webm, gif, ... through imageio and its ffmpeg plugin), its
-frames centre-cropped to a square and resized with area averaging to `resolution`, then written
-as one episode marked `actions: false` (zero actions and rewards, which no loss reads). An
-input that cannot be read is reported in one line and skipped; every other input still imports,
-and an episode is written only once its input decoded completely.
+episodes, one per input. Each input is decoded whole (imageio and its ffmpeg plugin), its
+frames centre-cropped to a square and resized with area averaging to `resolution`, and written
+as one episode marked `actions: false`. An input that cannot be read is reported in one line
+and skipped; the others still import.
 """
 
 from __future__ import annotations
@@ -34,8 +31,7 @@ def import_videos(
     paths: list[str | Path], out: str | Path, resolution: int | None = None, progress=True
 ) -> tuple[list[int], list[str]]:
     """Import every input into the dataset `out` (created as env "video" with no actions, or
-    appended to in its own resolution). Returns (new episode indices, one error line per
-    input that failed)."""
+    appended to at its resolution) -> (new episode indices, one error line per failed input)."""
     inputs = _expand(paths)
     with _open_store(Path(out), resolution) as store:
         size = store.manifest["obs_shape"][0]
@@ -47,21 +43,15 @@ def import_videos(
             except UnreadableInput as err:
                 errors.append(str(err))
                 continue
-            length = len(obs)
-            episode = {
-                "obs": obs,
-                "action": zero_action.repeat(length, 0),
-                "reward": np.zeros(length, np.float32),
-                "is_first": np.arange(length) == 0,
-                "is_terminal": np.zeros(length, bool),
-            }
+            n = len(obs)
+            episode = dict(obs=obs, action=zero_action.repeat(n, 0), reward=np.zeros(n, np.float32))
+            episode |= dict(is_first=np.arange(n) == 0, is_terminal=np.zeros(n, bool))
             added.append(store.add(episode, actions=False, source=str(source)))
     return added, errors
 
 
 def _expand(paths: list[str | Path]) -> list[Path]:
-    """Inputs: video files, folders of frames, and folders of video files (each video one
-    input)."""
+    """Inputs: video files, folders of frames, and folders of video files (one input each)."""
     inputs = []
     for path in map(Path, paths):
         if path.is_dir() and not _frame_files(path):

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 @contextlib.contextmanager
 def seeded(seed: int = 0):
-    """Torch's random draws inside depend only on `seed`, so an evaluation gives the same
-    figures whatever ran before it; the caller's random state is restored afterwards. Also a
-    decorator: `@seeded(0)`."""
+    """Torch's random draws inside depend only on `seed` (the same figures whatever ran
+    before); the caller's random state is restored afterwards. Also a decorator."""
     gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=gpus):
         torch.manual_seed(seed)
@@ -34,10 +33,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = (g / g.sum())[None, None]
     kernel = (g.transpose(-1, -2) @ g).expand(c, 1, window, window)
-
-    def blur(z):
-        return F.conv2d(z, kernel, groups=c)
-
+    blur = lambda z: F.conv2d(z, kernel, groups=c)  # noqa: E731
     mx, my = blur(x), blur(y)
     vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     c1, c2 = 0.01**2, 0.03**2
@@ -54,11 +50,10 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 def mean_interval(values) -> dict[str, float]:
     """Mean, sample standard deviation and the half-width of the 95% t-interval of the mean."""
     x = np.asarray(values, np.float64).ravel()
-    n = len(x)
-    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    n, z = len(x), 1.959964
     if n < 2:
-        return {"mean": float(x.mean()), "std": std, "ci95": float("inf")}
-    z = 1.959964
+        return {"mean": float(x.mean()), "std": 0.0, "ci95": float("inf")}
+    std = float(x.std(ddof=1))
     t = _T975[n - 2] if n - 1 <= len(_T975) else z + (z**3 + z) / (4 * (n - 1))
     return {"mean": float(x.mean()), "std": std, "ci95": t * std / np.sqrt(n)}
 

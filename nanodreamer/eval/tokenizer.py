@@ -47,13 +47,7 @@ def validation_windows(
 
 
 @torch.no_grad()
-def evaluate_tokenizer(
-    model: Tokenizer,
-    windows: torch.Tensor,
-    *,
-    batch_size: int = 8,
-    gif: str | Path | None = None,
-) -> dict[str, float]:
+def evaluate_tokenizer(model: Tokenizer, windows: torch.Tensor, *, batch_size=8, gif=None) -> dict:
     """PSNR and SSIM (means over frames) of decode(encode(x)) on uint8 windows (N,T,H,W,C)."""
     model.eval()
     device = next(model.parameters()).device
@@ -68,5 +62,4 @@ def evaluate_tokenizer(
     if gif is not None:
         save_video(gif, side_by_side(*shown), fps=10)
     results = {k: torch.cat(v).mean().item() for k, v in scores.items()}
-    results["frames"] = windows.shape[0] * windows.shape[1]
-    return results
+    return results | {"frames": windows.shape[0] * windows.shape[1]}

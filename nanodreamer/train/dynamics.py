@@ -20,16 +20,11 @@ from nanodreamer.world import WorldModel
 
 # Every 8th step trains on windows twice the context (SPEC: short batches with occasional
 # long ones), so rollouts past the window are in distribution.
+_WINDOWS = dict(batch_size=16, seq_len=16, long_seq_len=32)
 TRAIN_PRESETS = {
-    "tiny": TrainConfig(
-        steps=3000, batch_size=16, seq_len=16, long_seq_len=32, lr=1e-3, warmup=100
-    ),
-    "small": TrainConfig(
-        steps=20000, batch_size=16, seq_len=16, long_seq_len=32, lr=5e-4, warmup=300
-    ),
-    "base": TrainConfig(
-        steps=100000, batch_size=16, seq_len=16, long_seq_len=32, lr=3e-4, warmup=1000
-    ),
+    "tiny": TrainConfig(steps=3000, lr=1e-3, warmup=100, **_WINDOWS),
+    "small": TrainConfig(steps=20000, lr=5e-4, warmup=300, **_WINDOWS),
+    "base": TrainConfig(steps=100000, lr=3e-4, warmup=1000, **_WINDOWS),
 }
 
 
@@ -46,14 +41,8 @@ class DynamicsObjective(nn.Module):
 class DynamicsPhase(Phase):
     name = "dynamics"
 
-    def __init__(
-        self,
-        data: str | Path,
-        tokenizer_run: str | Path,
-        config: DynamicsConfig,
-        train: TrainConfig,
-        init: str | Path | None = None,  # a dynamics run to continue from (rounds)
-    ):
+    def __init__(self, data, tokenizer_run, config: DynamicsConfig, train: TrainConfig, init=None):
+        """`init`: a dynamics run to continue from (rounds)."""
         self.train, self.tokenizer_run, self.init = train, Path(tokenizer_run), init
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.latents = encode_dataset(data, tokenizer_run, device)
@@ -70,10 +59,8 @@ class DynamicsPhase(Phase):
 
     def evaluate(self, model: Dynamics, run: Path, step: int) -> dict[str, float]:
         tokenizer = load_tokenizer(self.tokenizer_run, next(model.parameters()).device)
-        world = WorldModel(tokenizer, model, steps=4)
-        return evaluate_dynamics(
-            world, self.latents.data.path, gif=run / "imagination.gif", quick=True
-        )
+        world, gif = WorldModel(tokenizer, model, steps=4), run / "imagination.gif"
+        return evaluate_dynamics(world, self.latents.data.path, gif=gif, quick=True)
 
     def run_info(self) -> dict:
         return {
@@ -100,8 +87,7 @@ def dynamics_config_for(
     """The preset, sized to the tokenizer's latents, the dataset's actions and a training
     window of `window` frames, with the recipe's `settings`. Discrete actions take their
     number of choices; continuous ones `settings.action_bins` (None: the preset's)."""
-    action_bins = settings.action_bins
-    manifest = latents.data.manifest
+    action_bins, manifest = settings.action_bins, latents.data.manifest
     bins = manifest["action_bins"]
     if bins and action_bins not in (None, max(bins)):
         raise UserError(
@@ -110,13 +96,8 @@ def dynamics_config_for(
         )
     if action_bins is not None and action_bins < 2:
         raise UserError(f"--action-bins must be at least 2, got {action_bins}")
-    return replace(
-        preset,
-        n_latents=latents.manifest["n_latents"],
-        latent_dim=latents.manifest["latent_dim"],
-        action_dim=manifest["action_dim"],
-        action_bins=max(bins) if bins else action_bins or preset.action_bins,
-        window=window,
-        rollout_frac=settings.rollout_frac,
-        independent_frac=settings.independent_frac,
-    )
+    sizes = {k: latents.manifest[k] for k in ("n_latents", "latent_dim")}
+    action_bins = max(bins) if bins else action_bins or preset.action_bins
+    shares = dict(rollout_frac=settings.rollout_frac, independent_frac=settings.independent_frac)
+    return replace(preset, **sizes, action_dim=manifest["action_dim"], action_bins=action_bins,
+                   window=window, **shares)  # fmt: skip

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nanodreamer.data import EpisodeStore, WindowDataset, window_loader
+from nanodreamer.data import EpisodeStore
 from nanodreamer.data.latents import check_dataset_matches
 from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
 from nanodreamer.tokenizer import Tokenizer, TokenizerConfig, frames_from_uint8
 from nanodreamer.train.distributed import Distributed
-from nanodreamer.train.trainer import Phase, TrainConfig
+from nanodreamer.train.trainer import Phase, TrainConfig, window_batches
 
 # Training defaults per preset (tuned for throughput: quality in a time budget follows steps).
 TRAIN_PRESETS = {
@@ -45,16 +45,7 @@ class TokenizerPhase(Phase):
         self._val = None
 
     def batches(self, start_step: int, env: Distributed):
-        dataset = WindowDataset(self.data, self.train.seq_len, split="train", seed=self.train.seed)
-        loader = window_loader(
-            dataset,
-            self.train.batch_size,
-            start_step=start_step,
-            rank=env.rank,
-            world=env.world,
-            workers=self.train.workers,
-        )
-        for batch in loader:
+        for batch in window_batches(EpisodeStore(self.data), self.train, start_step, env):
             yield {"obs": batch["obs"], "valid": batch["valid"]}
 
     def evaluate(self, model: Tokenizer, run: Path, step: int) -> dict[str, float]:
@@ -67,12 +58,9 @@ class TokenizerPhase(Phase):
 
 
 def tokenizer_config_for(data: str | Path, preset: TokenizerConfig, window: int) -> TokenizerConfig:
-    """The preset, sized to the dataset's frames.
-
-    Frames under 64 pixels get 4-pixel patches, at most one latent per 4 patches (a 16x16
-    frame: 16 patches, 4 latents) and masking of at most half the patches. A small code lets
-    the dynamics model learn a tiny scene's motion in minutes; with only 16 patches, masking up
-    to 90% leaves too little of the frame to learn from."""
+    """The preset, sized to the dataset's frames. Frames under 64 pixels get 4-pixel patches,
+    at most one latent per 4 patches (a small code: a tiny scene's motion is learnt in
+    minutes) and masking of at most half the patches (90% of 16 leaves too little)."""
     height, _, channels = EpisodeStore(data).manifest["obs_shape"]
     config = replace(preset, image_size=height, channels=channels, window=window)
     if height >= 64:

@@ -72,32 +72,16 @@ class TrainConfig:
 def window_batches(
     source, cfg: TrainConfig, start_step: int, env: Distributed, labelled_only: bool = False
 ) -> Iterator[dict]:
-    """Training windows from an episode or latent store, for this rank.
-
-    With `long_seq_len`, every `long_every`-th step draws longer windows (fewer of them, the
-    same number of frames), so the model also learns to run past its context window.
-    `cfg.labelled_frac` < 1 hides the actions of the other episodes (`labelled_episodes`)."""
+    """Training windows from an episode or latent store, for this rank. With `long_seq_len`,
+    every `long_every`-th step draws longer windows (fewer, the same number of frames), so the
+    model also learns to run past its context; `labelled_frac` < 1 hides some episodes' actions."""
     labelled = labelled_episodes(source, cfg.labelled_frac, cfg.seed)
+    ranks = {"rank": env.rank, "world": env.world, "workers": cfg.workers}
 
     def stream(seq_len: int, batch_size: int, step: int, seed: int):
-        data = WindowDataset(
-            source,
-            seq_len,
-            split="train",
-            seed=seed,
-            labelled=labelled,
-            labelled_only=labelled_only,
-        )
-        return iter(
-            window_loader(
-                data,
-                batch_size,
-                start_step=step,
-                rank=env.rank,
-                world=env.world,
-                workers=cfg.workers,
-            )
-        )
+        labels = {"labelled": labelled, "labelled_only": labelled_only}
+        data = WindowDataset(source, seq_len, split="train", seed=seed, **labels)
+        return iter(window_loader(data, batch_size, start_step=step, **ranks))
 
     if not cfg.long_seq_len:
         yield from stream(cfg.seq_len, cfg.batch_size, start_step, cfg.seed)
@@ -133,11 +117,8 @@ def learning_rate(cfg: TrainConfig, progress: float, step: int) -> float:
 
 
 def _rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    state["python"] = random.getstate()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -178,22 +159,14 @@ class Trainer:
             if isinstance(module, AxialTransformer):
                 module.checkpointing = cfg.checkpointing
         params = [p for p in self.objective.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-            betas=(0.9, 0.95),
-            fused=env.device.type == "cuda",
-        )
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay}]
+        groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0})
+        cuda = env.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=cuda)
         self.ema = None
         if cfg.ema:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
-            )
+            average = torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
+            self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=average)
         self.step, self.elapsed, self.finished = 0, 0.0, False
         self.train_step = self.objective
         if env.world > 1:
@@ -204,9 +177,7 @@ class Trainer:
             self.train_step = torch.compile(self.train_step)
         # torch.compile's partitioner reads the budget when it compiles, at the first step
         self.compile_options = compile_config.patch(activation_memory_budget=cfg.memory_budget)
-        self.autocast = torch.autocast(
-            env.device.type, dtype=torch.bfloat16, enabled=env.device.type == "cuda"
-        )
+        self.autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cuda)
 
     # state --------------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -255,10 +226,8 @@ class Trainer:
 
     # loop ---------------------------------------------------------------------------------------
     def progress(self) -> float:
-        by_steps = self.step / self.cfg.steps
-        if self.cfg.minutes:
-            return max(by_steps, self.elapsed / (60 * self.cfg.minutes))
-        return by_steps
+        by_time = self.elapsed / (60 * self.cfg.minutes) if self.cfg.minutes else 0.0
+        return max(self.step / self.cfg.steps, by_time)
 
     def fit(self, resume: bool = False) -> dict[str, float]:
         cfg, env = self.cfg, self.env
@@ -269,10 +238,9 @@ class Trainer:
             raise UserError(f"{self.run} already holds a run: pass --resume or pick a new --out")
         else:
             seed_everything(cfg.seed + env.rank)
-        logger = (
-            MetricsLogger(self.run, self.info(), cfg.tensorboard, cfg.wandb) if env.main else None
-        )
+        logger = None
         if env.main:
+            logger = MetricsLogger(self.run, self.info(), cfg.tensorboard, cfg.wandb)
             runs.write_run(self.run, self.info())
         batches = self.phase.batches(self.step, env)
         by_time = bool(cfg.minutes)  # the bar counts seconds of the budget, or steps
@@ -342,15 +310,9 @@ class Trainer:
     def _summarise(self, rows: list[dict], items: int, start: float, lr: float) -> dict[str, float]:
         keys = rows[0].keys()
         means = {k: torch.stack([r[k].float() for r in rows]).mean().item() for k in keys}
-        means = mean_over_ranks(means, self.env)
-        seconds = time.perf_counter() - start
-        means.update(
-            lr=lr,
-            frames_per_s=items * self.env.world / seconds,
-            step_time_s=seconds / len(rows),
-            elapsed_min=self.elapsed / 60,
-        )
-        return means
+        means, seconds = mean_over_ranks(means, self.env), time.perf_counter() - start
+        rates = dict(frames_per_s=items * self.env.world / seconds, step_time_s=seconds / len(rows))
+        return means | rates | {"lr": lr, "elapsed_min": self.elapsed / 60}
 
     def _evaluate(self, logger: MetricsLogger | None) -> dict[str, float]:
         results = {}
@@ -362,10 +324,7 @@ class Trainer:
                 results = self.phase.evaluate(model, self.run, self.step)
             model.train(was_training)
             if logger:
-                logger.log(
-                    self.step,
-                    {f"val/{k}": v for k, v in results.items()}
-                    | {"elapsed_min": self.elapsed / 60},
-                )
+                row = {f"val/{k}": v for k, v in results.items()}
+                logger.log(self.step, row | {"elapsed_min": self.elapsed / 60})
         self.env.barrier()
         return results
