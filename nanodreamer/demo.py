@@ -11,34 +11,22 @@ from dataclasses import replace
 from pathlib import Path
 
 from nanodreamer.data import EpisodeStore
+from nanodreamer.eval.dynamics import KINDS
+from nanodreamer.eval.replay import HORIZONS
 from nanodreamer.io import write_json
 from nanodreamer.pipeline import round_dir, run_rounds
 from nanodreamer.recipes import recipe
 
 
-def run_demo(
-    out: str | Path,
-    minutes: float = 55.0,
-    env: str = "car-racing",
-    episodes: int = 100,
-    env_options: dict | None = None,
-    workers: int = 2,
-    rounds: int = 1,
-) -> dict:
-    """The car-racing recipe's rounds (`recipes.RECIPES`) with `minutes` of training per
-    round and the recipe's collection settings updated by `env_options` (`EnvSettings`
-    fields); returns the last round's figures with round 0's tokenizer ones."""
+def run_demo(out, minutes=55.0, env="car-racing", episodes=100, env_options=None, workers=2,
+             rounds=1) -> dict:  # fmt: skip
+    """The car-racing recipe's rounds with `minutes` of training per round and its collection
+    settings updated by `env_options` (`EnvSettings` fields) -> the last round's figures with
+    round 0's tokenizer ones."""
     out, car = Path(out), recipe("car-racing")
-    config = replace(
-        car,
-        env=env,
-        collect=replace(car.collect, **(env_options or {})),
-        rounds=rounds,
-        first_episodes=episodes,
-        minutes=minutes,
-        first_minutes=None,
-        workers=workers,
-    )
+    collect = replace(car.collect, **(env_options or {}))
+    config = replace(car, env=env, collect=collect, rounds=rounds, first_episodes=episodes,
+                     minutes=minutes, first_minutes=None, workers=workers)  # fmt: skip
     print(f"demo: {env}, {minutes:g} minutes per round, {rounds} round(s), in {out}")
     results = run_rounds(out, config)
     final = results[-1] | {"tokenizer": results[0]["tokenizer"]}
@@ -58,13 +46,8 @@ def summary(results: dict, out: Path, minutes: float, preset: str) -> str:
         images += " through, all repeats of an action (`frames/`)"
     a, here = results["real_env"], round_dir(out, results["round"])
     nan = float("nan")
-    rows = "\n".join(
-        f"| h{h} | {w[f'psnr_h{h}']:.2f} | {w[f'baseline_psnr_h{h}']:.2f} | "
-        f"{w[f'ceiling_psnr_h{h}']:.2f} | {w.get(f'shuffled_psnr_h{h}', nan):.2f} | "
-        f"{w.get(f'counterfactual_psnr_h{h}', nan):.2f} | "
-        f"{w.get(f'ignore_actions_psnr_h{h}', nan):.2f} |"
-        for h in (1, 4, 8, 16)
-    )
+    cells = lambda h: " | ".join(f"{w.get(f'{k}psnr_h{h}', nan):.2f}" for k in KINDS)  # noqa: E731
+    rows = "\n".join(f"| h{h} | {cells(h)} |" for h in HORIZONS)
     return f"""# nanodreamer demo
 
 {d["env"]}, {minutes:g}-minute training budget per round, preset `{preset}`; round

@@ -1,8 +1,8 @@
 """Play inside a trained world model in the browser: `nanodreamer play --run RUN`.
 
-An aiohttp server serves one page (play.html) and one websocket per browser tab. Each tab gets
-its own `Session`: a `WorldModel` (sharing the weights, with its own context and KV cache) that
-imagines the next frame from the keys held down, or from a policy when an agent run is given.
+An aiohttp server serves one page (play.html) and one websocket per browser tab; each tab's
+`Session` is a `WorldModel` (shared weights, its own context and KV cache) that imagines the
+next frame from the keys held down, or from a policy when an agent run is given.
 
 Protocol. The page sends JSON text messages, at most MAX_MESSAGE bytes:
     {"type": "reset", "episode": i | null}   start from episode i's first frames, or from the
@@ -100,10 +100,11 @@ def parse_message(text: str, action_dim: int, episodes: int) -> dict:
     kind = message["type"]
     if kind == "action":
         action = message.get("action")
+        is_number = lambda a: isinstance(a, int | float) and not isinstance(a, bool)  # noqa: E731
         if (
             not isinstance(action, list)
             or len(action) != action_dim
-            or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in action)
+            or not all(map(is_number, action))
         ):
             raise BadMessage(f'"action" must be a list of {action_dim} numbers')
         if not all(math.isfinite(a) and -1.0 <= a <= 1.0 for a in action):
@@ -133,9 +134,8 @@ def to_uint8(frame: torch.Tensor) -> np.ndarray:
 
 def encode_jpeg(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(
-        buffer, format="JPEG", quality=90
-    )
+    image = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
+    image.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
@@ -153,8 +153,8 @@ class Session:
         self.fps = 0.0
 
     def reset(self, episode: int | None) -> torch.Tensor:
-        """Start from episode `episode`'s first frames, or from nothing (None); returns the
-        frame (C,H,W) to show: the last real one, or the model's own first frame."""
+        """Start from episode `episode`'s first frames, or from nothing (None) -> the frame
+        (C,H,W) to show: the last real one, or the model's own first frame."""
         d = self.shared.device
         if episode is None:
             frames = torch.zeros(1, 0, *self.shared.frame_shape, device=d)
@@ -185,14 +185,10 @@ class Session:
         return frame
 
     def status(self) -> dict:
-        return {
-            "type": "status",
-            "fps": round(self.fps, 1),
-            "context": self.context,
-            "window": self.world.window - 1,
+        state = {"type": "status", "fps": round(self.fps, 1), "context": self.context}
+        state |= {"window": self.world.window - 1, "frame": self.frames, "agent": self.agent}
+        return state | {
             "action": [round(a, 3) for a in self.action[0].tolist()],
-            "frame": self.frames,
-            "agent": self.agent,
             "running": self.running,
         }
 
@@ -238,9 +234,8 @@ async def index(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     shared: Shared = request.app[SHARED]
-    return web.json_response(
-        {"sessions": len(shared.sessions), "max_sessions": shared.config.max_sessions}
-    )
+    counts = {"sessions": len(shared.sessions), "max_sessions": shared.config.max_sessions}
+    return web.json_response(counts)
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -250,13 +245,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=64 * 1024)
     await ws.prepare(request)
     if len(shared.sessions) >= shared.config.max_sessions:
-        limit = shared.config.max_sessions
+        full = f"server full: {shared.config.max_sessions} sessions in use; close another tab, "
         await ws.send_json(
-            {
-                "type": "error",
-                "message": f"server full: {limit} sessions in use; close another tab, "
-                "or restart the server with a larger --max-sessions",
-            }
+            {"type": "error", "message": full + "or restart with a larger --max-sessions"}
         )
         await ws.close()
         return ws
@@ -299,16 +290,9 @@ async def serve_session(ws: web.WebSocketResponse, session: Session, shared: Sha
             session.fps = 0.8 * session.fps + 0.2 / max(time.perf_counter() - start, 1e-6)
 
     episodes = len(shared.store) if shared.store is not None else 0
-    await ws.send_json(
-        {
-            "type": "hello",
-            "action_dim": shared.action_dim,
-            "action_names": shared.action_names,
-            "episodes": episodes,
-            "agent": shared.config.agent is not None,
-            "fps_target": shared.config.fps,
-        }
-    )
+    hello = {"type": "hello", "action_dim": shared.action_dim, "action_names": shared.action_names}
+    hello |= {"episodes": episodes, "agent": shared.config.agent is not None}
+    await ws.send_json(hello | {"fps_target": shared.config.fps})
     await send_frame(await run_model(session.reset, 0 if episodes else None))  # first picture
     if shared.config.agent is not None:
         session.policy = await run_model(AgentPolicy, shared.config.agent, 1, None, shared.device)
@@ -357,7 +341,6 @@ def serve(config: PlayConfig) -> None:
     loopback = config.host in ("127.0.0.1", "localhost", "::1")
     shared = build_shared(config)
     url_host = config.host if ":" not in config.host else f"[{config.host}]"
-
     runner = web.AppRunner(make_app(shared))
 
     async def main():

@@ -13,15 +13,14 @@ from nanodreamer.data.latents import check_dataset_matches
 from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import evaluate_agent
 from nanodreamer.eval.control import control_figures
-from nanodreamer.eval.dynamics import evaluate_dynamics, rollout_windows
+from nanodreamer.eval.dynamics import KINDS, evaluate_dynamics, rollout_windows
 from nanodreamer.eval.pictures import save_video, side_by_side
+from nanodreamer.eval.replay import HORIZONS
 from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
 from nanodreamer.io import to_json
 from nanodreamer.pretrained import pretrained
 from nanodreamer.runs import load_tokenizer, load_world_model, read_run
 from nanodreamer.tokenizer import frames_from_uint8
-
-KINDS = ("", "baseline_", "ceiling_", "shuffled_", "counterfactual_", "ignore_actions_")
 
 
 def add_commands(sub) -> None:
@@ -107,7 +106,7 @@ def cmd_eval_dynamics(args: argparse.Namespace) -> None:
         return
     print(f"rollout PSNR after {results['context']} context frames ({results['windows']} windows)")
     print("horizon   model  copy-last  tokenizer  shuffled  counterfactual  ignore-actions")
-    for h in (1, 4, 8, 16):
+    for h in HORIZONS:
         row = [results.get(f"{kind}psnr_h{h}", float("nan")) for kind in KINDS]
         print(f"h{h:<8}{row[0]:6.2f}  {row[1]:9.2f}  {row[2]:9.2f}  {row[3]:8.2f}  "
               f"{row[4]:14.2f}  {row[5]:14.2f}")  # fmt: skip

@@ -61,20 +61,13 @@ def export_minari(data: str | Path, dataset_id: str, progress: bool = True):
     buffers = []
     for i, entry in enumerate(tqdm(store.episodes, desc="export", disable=not progress)):
         ep = store.load(i)
-        terminated = bool(ep["is_terminal"][-1])
-        steps = len(ep["reward"]) - 1
-        buffers.append(
-            EpisodeBuffer(
-                id=i,
-                seed=entry.get("seed"),
-                observations=ep["obs"],
-                actions=ep["action"][1:],
-                rewards=ep["reward"][1:].astype(np.float64),
-                terminations=[False] * (steps - 1) + [terminated],
-                truncations=[False] * (steps - 1) + [not terminated],
-                infos={},
-            )
+        terminated, before = bool(ep["is_terminal"][-1]), [False] * (len(ep["reward"]) - 2)
+        steps = dict(observations=ep["obs"], actions=ep["action"][1:], infos={})
+        steps |= dict(
+            rewards=ep["reward"][1:].astype(np.float64), terminations=before + [terminated]
         )
+        steps["truncations"] = before + [not terminated]
+        buffers.append(EpisodeBuffer(id=i, seed=entry.get("seed"), **steps))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Minari's "author is None" reminders
@@ -134,28 +127,18 @@ def import_minari(dataset_id: str, out: str | Path, progress: bool = True) -> Ep
             action = np.zeros((steps + 1, action_dim), np.float32)
             action[1:] = to_actions(np.asarray(episode.actions))
             info = {"seed": int(meta["seed"])} if meta.get("seed") is not None else {}
-            store.add(
-                {
-                    "obs": to_frames(np.asarray(episode.observations)),
-                    "action": action,
-                    "reward": np.concatenate([[0.0], episode.rewards]).astype(np.float32),
-                    "is_first": np.arange(steps + 1) == 0,
-                    "is_terminal": np.concatenate([[False], episode.terminations]).astype(bool),
-                },
-                minari_episode=int(episode.id),
-                **info,
-            )
+            ours = dict(obs=to_frames(np.asarray(episode.observations)), action=action)
+            ours["reward"] = np.concatenate([[0.0], episode.rewards]).astype(np.float32)
+            ours["is_first"] = np.arange(steps + 1) == 0
+            ours["is_terminal"] = np.concatenate([[False], episode.terminations]).astype(bool)
+            store.add(ours, minari_episode=int(episode.id), **info)
     return EpisodeStore(out)
 
 
 def _frame_converter(space: gym.Space):
     """uint8 image observations (N+1, H, W[, C]) -> our (N+1, S, S, C) frames, resized the way
     `envs.make` resizes a non-square env."""
-    if not (
-        isinstance(space, gym.spaces.Box)
-        and space.dtype == np.uint8
-        and (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3)))
-    ):
+    if not envs.is_image_space(space):
         raise UserError(
             f"the dataset's observations are {space}: only uint8 images (H,W), (H,W,1) or "
             "(H,W,3) import (record the env with image observations)"

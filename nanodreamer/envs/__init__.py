@@ -93,7 +93,7 @@ def _make_gym(name: str, options: dict) -> gym.Env:
         known = ", ".join(sorted(NAMED))
         raise UserError(f"unknown environment {name!r}: use one of {known} or a Gymnasium id")
     env = gym.make(env_id, **options)
-    if _is_image_space(env.observation_space):
+    if is_image_space(env.observation_space):
         return env
     env.close()
     if "rgb_array" not in env.metadata.get("render_modes", []):
@@ -105,14 +105,14 @@ def _make_gym(name: str, options: dict) -> gym.Env:
     return gym.wrappers.AddRenderObservation(env, render_only=True)
 
 
-def _is_image_space(space: gym.Space) -> bool:
+def is_image_space(space: gym.Space) -> bool:
     if not isinstance(space, gym.spaces.Box) or space.dtype != np.uint8:
         return False
     return len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3))
 
 
 def _image_observations(env: gym.Env, name: str) -> gym.Env:
-    if not _is_image_space(env.observation_space):
+    if not is_image_space(env.observation_space):
         raise UserError(f"environment {name!r} does not produce uint8 image observations")
     return ColorChannels(env)
 

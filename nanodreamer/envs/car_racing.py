@@ -12,12 +12,9 @@ from nanodreamer.errors import UserError
 
 
 class CarRacingAction(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
-    """Map (steer, throttle) in [-1, 1]^2 to CarRacing's (steer, gas, brake).
-
-    throttle > 0 is gas in [0, max_gas]; throttle < 0 is brake in [0, 1]; the two never act at
-    once. `max_gas` below 1 caps the car's speed: 0.2 is the gas of CarRacing's own discrete
-    actions, a car that can take the bends (the car-racing recipe's).
-    """
+    """Map (steer, throttle) in [-1, 1]^2 to CarRacing's (steer, gas, brake): throttle > 0 is
+    gas in [0, max_gas], throttle < 0 brake in [0, 1]. `max_gas` < 1 caps the speed: 0.2 (the
+    recipe's, the gas of CarRacing's discrete actions) makes a car that takes the bends."""
 
     def __init__(self, env: gym.Env, max_gas: float = 1.0):
         if not 0.0 < max_gas <= 1.0:

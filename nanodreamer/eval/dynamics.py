@@ -25,6 +25,9 @@ from nanodreamer.eval.tokenizer import settle_frames
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
 
+# The rollouts scored per horizon, as prefixes of `psnr_h{h}` (the module doc)
+KINDS = ("", "baseline_", "ceiling_", "shuffled_", "counterfactual_", "ignore_actions_")
+
 
 def rollout_windows(data: str | Path, length: int, count: int, split: str = "val") -> dict:
     """Up to `count` windows of `length` frames (obs uint8, action, is_first, has_action),
@@ -151,7 +154,7 @@ def evaluate_dynamics(
     baseline = psnr(frames[:, context - 1 : context].expand_as(truth), truth)
     recon = world.tokenizer.decode(world.tokenizer.encode(frames))[:, context:]
     ceiling = psnr(recon, truth)
-    kinds = {"": scores, "baseline_": baseline, "ceiling_": ceiling}
+    kinds = dict(zip(KINDS, (scores, baseline, ceiling), strict=False))
     if not quick and frames.shape[0] > 1:
         shuffled = actions.roll(1, dims=0)  # another episode's actions, same context frames
         shuffled[:, :context] = actions[:, :context]

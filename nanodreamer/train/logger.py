@@ -18,15 +18,14 @@ class MetricsLogger:
         if wandb:
             import wandb as wandb_module  # optional: the [wandb] extra
 
-            self.wb = wandb_module.init(
-                project="nanodreamer", name=run.name, dir=str(run), config=config, resume="allow"
-            )
+            where = {"project": "nanodreamer", "name": run.name, "dir": str(run)}
+            self.wb = wandb_module.init(**where, config=config, resume="allow")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
-        for key, value in metrics.items():
-            if self.tb is not None:
+        if self.tb is not None:
+            for key, value in metrics.items():
                 self.tb.add_scalar(key, value, step)
         if self.wb is not None:
             self.wb.log(metrics, step=step)
