@@ -46,23 +46,23 @@ def summary(results: dict, out: Path, minutes: float, preset: str) -> str:
         images += " through, all repeats of an action (`frames/`)"
     a, here = results["real_env"], round_dir(out, results["round"])
     nan = float("nan")
+    control, real = w.get("controllability_h8", nan), a.get("real_return_h16", nan)
     cells = lambda h: " | ".join(f"{w.get(f'{k}psnr_h{h}', nan):.2f}" for k in KINDS)  # noqa: E731
     rows = "\n".join(f"| h{h} | {cells(h)} |" for h in HORIZONS)
     return f"""# nanodreamer demo
 
 {d["env"]}, {minutes:g}-minute training budget per round, preset `{preset}`; round
-{results["round"]} (`{here.name}/`) below. Everything was produced by this run; `metrics.json`
-holds every number, `learning_curve.png` the real-env return per round.
+{results["round"]} (`{here.name}/`) below. `metrics.json` holds every number,
+`learning_curve.png` the real-env return per round, each phase's folder its `losses.png`.
 
 ## Data
 {d["episodes"]} episodes, {d["frames"]} stored frames (one per decision), {d["labelled_episodes"]}
 with actions (return per episode {ret["mean"]:.1f} ± {ret["std"]:.1f}).
 
 ## Tokenizer
-Trained on {images}. Held-out reconstruction: PSNR {t.get("psnr", float("nan")):.2f} dB, SSIM
-{t.get("ssim", float("nan")):.3f}. ![reconstruction](tokenizer/reconstruction.gif)
-(left: real, right: reconstructed). Losses: `tokenizer/losses.png` (each phase's folder has
-its own).
+Trained on {images}. Held-out reconstruction: PSNR {t.get("psnr", nan):.2f} dB, SSIM
+{t.get("ssim", nan):.3f}. ![reconstruction](tokenizer/reconstruction.gif) (left: real, right:
+reconstructed)
 
 ## Dynamics
 Open-loop rollouts after {w["context"]} real frames, PSNR in dB:
@@ -71,35 +71,28 @@ Open-loop rollouts after {w["context"]} real frames, PSNR in dB:
 | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
-Controllability (counterfactual minus ignore-actions PSNR at h8, the real env replayed under
-other actions): **{w.get("controllability_h8", nan):+.2f} dB** (clearly above 0: the model
-follows actions; about 0: it ignores them).
-
-Generation: {w["fps"]:.1f} frames/s with the key/value cache,
-{w.get("fps_no_cache", float("nan")):.1f} without. ![imagination]({here.name}/imagination.gif)
-(left: real, right: real context then imagined).
+Controllability (counterfactual minus ignore-actions PSNR at h8): **{control:+.2f} dB**
+(clearly above 0: the model follows actions). Generation: {w["fps"]:.1f} frames/s with the
+key/value cache, {w.get("fps_no_cache", nan):.1f} without.
+![imagination]({here.name}/imagination.gif) (left: real, right: real context then imagined)
 
 ## Agent
 Real-environment return over {a["episodes"]} full-length episodes on seeds no collection used
 (mean ± 95% interval): imagination-trained policy **{a["return_mean"]:.1f} ±
-{a["return_ci95"]:.1f}**, behaviour-cloning policy (the better of greedy and sampled on these
-seeds) {a["bc_best_return_mean"]:.1f} ± {a["bc_best_return_ci95"]:.1f}, random policy
-{a["random_return_mean"]:.1f} ± {a["random_return_ci95"]:.1f}. The imagination policy acts
-{"greedily" if a["acting"] == "greedy" else "by sampling its actions"}, chosen on
-{a["acting_frames"]} frames of validation episodes on other seeds (mean return greedy
-{a["acting_returns"]["greedy"]:.1f}, sampled {a["acting_returns"]["sampled"]:.1f}); on the
-evaluation seeds greedy {a["greedy_return_mean"]:.1f} ± {a["greedy_return_ci95"]:.1f}, sampled
-{a["sampled_return_mean"]:.1f} ± {a["sampled_return_ci95"]:.1f}.
-![agent]({here.name}/agent.gif)
+{a["return_ci95"]:.1f}**, behaviour cloning (the better of greedy and sampled here)
+{a["bc_best_return_mean"]:.1f} ± {a["bc_best_return_ci95"]:.1f}, random
+{a["random_return_mean"]:.1f} ± {a["random_return_ci95"]:.1f}. It acts {a["acting"]}
+(chosen on {a["acting_frames"]} validation frames on other seeds: greedy
+{a["acting_returns"]["greedy"]:.1f}, sampled {a["acting_returns"]["sampled"]:.1f}); here greedy
+{a["greedy_return_mean"]:.1f} ± {a["greedy_return_ci95"]:.1f}, sampled
+{a["sampled_return_mean"]:.1f} ± {a["sampled_return_ci95"]:.1f}. ![agent]({here.name}/agent.gif)
 Imagined rollouts of the policy: `{here.name}/imagination/imagined_policy.gif`.
 
-How good the world model is for control: reward model on held-out episodes MAE
-{a.get("reward_mae", nan):.3f}, correlation {a.get("reward_corr", nan):.2f}; under other
-actions (real env replayed) correlation {a.get("counterfactual_reward_corr", nan):.2f}, and
-its ranking of other actions' 16-step returns from one state (the signal a policy learns from)
-{a.get("counterfactual_return_corr_within", nan):.2f}; the policy's imagined 16-step return
-{a.get("imagined_return", nan):.2f} against its real one {a.get("real_return_h16", nan):.2f}
-from the same states (correlation {a.get("imagined_real_corr", nan):.2f}).
+World model for control: reward MAE {a.get("reward_mae", nan):.3f}, correlation
+{a.get("reward_corr", nan):.2f}; under other actions {a.get("counterfactual_reward_corr", nan):.2f},
+ranking their 16-step returns from one state {a.get("counterfactual_return_corr_within", nan):.2f};
+imagined 16-step return {a.get("imagined_return", nan):.2f}, real {real:.2f} (correlation
+{a.get("imagined_real_corr", nan):.2f}).
 
 ## Drive it yourself
 `nanodreamer play --run {here}/dynamics --data {out}/data --agent {here}/imagination`, then open

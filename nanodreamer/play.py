@@ -38,6 +38,7 @@ from nanodreamer.data import EpisodeStore
 from nanodreamer.envs.atari import action_meanings, atari_id
 from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import AgentPolicy
+from nanodreamer.eval.pictures import to_uint8
 from nanodreamer.recipes import knob
 from nanodreamer.runs import load_world_model, read_agent_run, read_run
 from nanodreamer.tokenizer import frames_from_uint8
@@ -127,11 +128,6 @@ def parse_message(text: str, action_dim: int, episodes: int) -> dict:
     raise BadMessage(f"unknown command {kind!r}: use reset, action, run, step or agent")
 
 
-def to_uint8(frame: torch.Tensor) -> np.ndarray:
-    """(C,H,W) in [0,1] -> (H,W,C) uint8."""
-    return (frame.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
 def encode_jpeg(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     image = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
@@ -143,14 +139,12 @@ class Session:
     """One tab's world: context, KV cache, held action, optional policy."""
 
     def __init__(self, shared: Shared):
-        self.shared = shared
-        template = shared.world
-        self.world = WorldModel(template.tokenizer, template.dynamics, steps=template.steps)
+        self.shared, world = shared, shared.world
+        self.world = WorldModel(world.tokenizer, world.dynamics, steps=world.steps)
         self.action = torch.zeros(1, shared.action_dim)
         self.policy, self.agent, self.policy_first = None, False, True
-        self.running, self.frames, self.context = False, 0, 0
+        self.running, self.frames, self.context, self.fps = False, 0, 0, 0.0
         self.last_frame: np.ndarray | None = None  # (H,W,C) uint8, what the policy sees
-        self.fps = 0.0
 
     def reset(self, episode: int | None) -> torch.Tensor:
         """Start from episode `episode`'s first frames, or from nothing (None) -> the frame
@@ -167,8 +161,7 @@ class Session:
             labelled = bool(self.shared.store.labelled[episode])
             has_action = ~torch.as_tensor(data["is_first"][:n])[None] & labelled
         self.world.reset(frames, actions, has_action)
-        self.frames, self.context = 0, frames.shape[1]
-        self.policy_first = True
+        self.frames, self.context, self.policy_first = 0, frames.shape[1], True
         if self.policy is not None:
             self.policy.reset(0)
         return frames[0, -1] if frames.shape[1] else self.step()
@@ -187,10 +180,8 @@ class Session:
     def status(self) -> dict:
         state = {"type": "status", "fps": round(self.fps, 1), "context": self.context}
         state |= {"window": self.world.window - 1, "frame": self.frames, "agent": self.agent}
-        return state | {
-            "action": [round(a, 3) for a in self.action[0].tolist()],
-            "running": self.running,
-        }
+        action = [round(a, 3) for a in self.action[0].tolist()]
+        return state | {"action": action, "running": self.running}
 
 
 def build_shared(config: PlayConfig) -> Shared:
@@ -245,10 +236,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=64 * 1024)
     await ws.prepare(request)
     if len(shared.sessions) >= shared.config.max_sessions:
-        full = f"server full: {shared.config.max_sessions} sessions in use; close another tab, "
-        await ws.send_json(
-            {"type": "error", "message": full + "or restart with a larger --max-sessions"}
-        )
+        full = f"server full: {shared.config.max_sessions} sessions in use; close another tab"
+        await ws.send_json({"type": "error", "message": full + " or raise --max-sessions"})
         await ws.close()
         return ws
     session = Session(shared)

@@ -1,11 +1,9 @@
 """Recipes: the settings of the whole pipeline as typed configs, with one home for defaults.
 
-Every field's default is the value of the car-racing recipe, the one that drives
-(bench/RESULTS.md, "Agents"); a named recipe in `RECIPES` overrides some of them, as
-dreamerv3's configs.yaml keeps `defaults` plus named overlays. `rounds --recipe NAME`, `demo`
-and `train dynamics|agent|imagination --recipe NAME` all read their settings from here, and
-every field is also a flag of the commands that use it (`cli.flags`: its name, its type, its
-help from `knob`), so a setting is written down once.
+Every default is the car-racing recipe's (the one that drives, bench/RESULTS.md); a named
+recipe in `RECIPES` overrides some, as dreamerv3's configs.yaml keeps `defaults` plus named
+overlays. `rounds`, `demo` and `train dynamics|agent|imagination` read their settings here,
+and every `knob` field is also a flag of the commands that use it (`cli.flags`).
 
     RoundsConfig              rounds of collect -> train -> evaluate (`pipeline.run_rounds`)
       .collect   EnvSettings          how episodes are collected (`envs.make` options)
@@ -53,12 +51,8 @@ class DynamicsSettings:
 
 @dataclass
 class AgentSettings:
-    value_gamma: float | None = knob(
-        0.9, "also fit the value to the data's returns with this discount (none: off)"
-    )
-    head_fit_steps: int = knob(
-        0, "then refit the reward and continuation heads on the frozen features (updates)"
-    )
+    value_gamma: float | None = knob(0.9, "also fit the value to the data's returns (none: off)")
+    head_fit_steps: int = knob(0, "updates refitting the reward heads on frozen features")
 
 
 @dataclass
@@ -69,9 +63,7 @@ class ImaginationSettings:
     sampling_steps: int = knob(2, "shortcut steps per imagined frame")
     value_warmup: int = knob(50, "first updates train the value alone")
     prior: str = knob(
-        "data",
-        "the policy's start and KL prior: the data's action frequencies or the BC policy",
-        ("data", "bc"),
+        "data", "policy start and KL prior: data action frequencies or BC", ("data", "bc")
     )
 
 
@@ -81,9 +73,7 @@ class RoundsConfig:
     rounds: int = knob(2, "rounds, round 0 included")
     first_episodes: int = knob(100, "random episodes before round 0")
     episodes_per_round: int = knob(50, "episodes added before each later round")
-    first_steps: int | None = knob(
-        None, "random agent steps before round 0 (action repeat counted), instead of episodes"
-    )
+    first_steps: int | None = knob(None, "random agent steps before round 0, instead of episodes")
     steps_per_round: int | None = knob(None, "agent steps added before each later round")
     random_share: float = knob(0.2, "of those, random-policy ones")
     first_minutes: float | None = knob(75.0, "round 0's training budget (none: --minutes)")
@@ -110,9 +100,7 @@ RECIPES = {
             window=4, action_bins=None, rollout_frac=0.0, independent_frac=0.0
         ),
         agent=AgentSettings(value_gamma=None),
-        imagination=ImaginationSettings(
-            horizon=8, gamma=0.9, beta=0.03, sampling_steps=2, value_warmup=0, prior="bc"
-        ),
+        imagination=ImaginationSettings(horizon=8, beta=0.03, value_warmup=0, prior="bc"),
     ),
     # every Atari game (the Atari 100k protocol, `envs.atari`): 100k agent steps in 3 rounds,
     # a decision held for 2 of them, a longer discount for rewards that come later, the
@@ -140,8 +128,8 @@ def recipe(name: str) -> RoundsConfig:
 
 
 def recipe_for(env: str) -> RoundsConfig:
-    """The recipe an env gets when none is named: its own (car racing, the dot, every Atari
-    game), else one derived from its spaces (`derived_recipe`)."""
+    """The recipe of an env: its own (car racing, the dot, every Atari game), else one derived
+    from its spaces (`derived_recipe`)."""
     if envs.atari_id(env):
         return replace(recipe("atari"), env=env)
     if env in ("car-racing", "multi-car-racing"):

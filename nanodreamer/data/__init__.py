@@ -2,25 +2,4 @@
 
 from nanodreamer.data.collect import RandomPolicy, collect
 from nanodreamer.data.sampler import WindowDataset, split_episodes, window_loader
-from nanodreamer.data.store import (
-    KEYS,
-    CorruptEpisodeError,
-    EpisodeStore,
-    load_episode_file,
-    summarize,
-    verify,
-)
-
-__all__ = [
-    "KEYS",
-    "CorruptEpisodeError",
-    "EpisodeStore",
-    "RandomPolicy",
-    "WindowDataset",
-    "collect",
-    "load_episode_file",
-    "split_episodes",
-    "summarize",
-    "verify",
-    "window_loader",
-]
+from nanodreamer.data.store import KEYS, CorruptEpisodeError, EpisodeStore, summarize, verify

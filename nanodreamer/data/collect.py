@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Protocol
 
 import gymnasium as gym
@@ -100,19 +99,9 @@ class _Recorder:
         return episodes
 
 
-def collect(
-    env: str,
-    out: str | Path,
-    episodes: int | None,
-    *,
-    steps: int | None = None,
-    workers: int = 1,
-    seed: int = 0,
-    policy: Policy | None = None,
-    env_options: dict | None = None,
-    frames: str | Path | None = None,
-    progress: bool = True,
-) -> EpisodeStore:
+def collect(env: str, out, episodes: int | None, *, steps=None, workers=1, seed=0,
+            policy: Policy | None = None, env_options=None, frames=None,
+            progress=True) -> EpisodeStore:  # fmt: skip
     """Append `episodes` episodes of `env` (multi-car: car streams) to the dataset at `out` and
     return it. `steps`: stop after this many agent steps (Atari 100k's budget), keeping the
     running episodes as truncated ones; `episodes` None: no cap. An Atari life loss is a

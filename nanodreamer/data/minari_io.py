@@ -71,16 +71,14 @@ def export_minari(data: str | Path, dataset_id: str, progress: bool = True):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Minari's "author is None" reminders
+            about = f"{manifest['env']} episodes exported by nanodreamer from {store.path}"
+            names = dict(
+                algorithm_name="nanodreamer collect", author="nanodreamer", description=about
+            )
+            spaces = dict(env=spec, observation_space=obs_space, action_space=action_space)
+            # jpeg_encoding off: lossless, the round trip gives the same frames
             dataset = minari.create_dataset_from_buffers(
-                dataset_id,
-                buffers,
-                env=spec,
-                observation_space=obs_space,
-                action_space=action_space,
-                algorithm_name="nanodreamer collect",
-                author="nanodreamer",
-                description=f"{manifest['env']} episodes exported by nanodreamer from {store.path}",
-                jpeg_encoding=False,  # lossless: the round trip gives the same frames
+                dataset_id, buffers, **spaces, **names, jpeg_encoding=False
             )
     except ValueError as err:
         raise UserError(f"Minari refused dataset id {dataset_id!r}: {err}") from None

@@ -61,20 +61,10 @@ class WindowDataset(torch.utils.data.Dataset):
     a nominal epoch. `labelled` (episodes,) overrides which episodes have actions;
     `labelled_only` keeps only those (the agent phases)."""
 
-    def __init__(
-        self,
-        source: str | Path | EpisodeStore,
-        seq_len: int,
-        *,
-        split: str = "train",
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        keys: tuple[str, ...] | None = None,  # default: all of the store's keys
-        cache_bytes: int = 1 << 30,
-        labelled: np.ndarray | None = None,
-        labelled_only: bool = False,
-    ):
-        # an EpisodeStore, or anything with its reading interface (a LatentStore)
+    def __init__(self, source, seq_len: int, *, split="train", val_fraction=0.1, seed=0, keys=None,
+                 cache_bytes=1 << 30, labelled=None, labelled_only=False):  # fmt: skip
+        """`source`: a dataset folder, an EpisodeStore or anything with its reading interface
+        (a LatentStore); `keys`: those to read (default: all of the store's)."""
         self.store = EpisodeStore(source) if isinstance(source, str | Path) else source
         self.seq_len, self.seed, self.cache_bytes = seq_len, seed, cache_bytes
         self.keys = keys or self.store.keys
@@ -141,12 +131,8 @@ class StepSampler(torch.utils.data.Sampler):
     (s * world + r) * batch_size + [0, batch_size)."""
 
     def __init__(self, start_step: int, batch_size: int, rank: int = 0, world: int = 1):
-        self.start_step, self.batch_size, self.rank, self.world = (
-            start_step,
-            batch_size,
-            rank,
-            world,
-        )
+        self.start_step, self.batch_size = start_step, batch_size
+        self.rank, self.world = rank, world
 
     def __iter__(self):
         for step in itertools.count(self.start_step):
@@ -159,11 +145,9 @@ class StepSampler(torch.utils.data.Sampler):
 
 def window_loader(dataset, batch_size: int, *, start_step=0, rank=0, world=1, workers=0):
     """Endless loader of batches; pass the step to resume from to continue the same stream."""
+    sampler = StepSampler(start_step, batch_size, rank, world)
+    options = {"num_workers": workers, "persistent_workers": workers > 0}
+    # its own generator leaves the global RNG alone, so resumed runs match
     return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=StepSampler(start_step, batch_size, rank, world),
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        generator=torch.Generator(),  # leaves the global RNG alone, so resumed runs match
+        dataset, batch_size, sampler=sampler, generator=torch.Generator(), **options
     )

@@ -76,16 +76,8 @@ class EpisodeStore:
         self.episodes = self._check_episode_files()
 
     @classmethod
-    def create(
-        cls,
-        path: str | Path,
-        *,
-        env: str,
-        obs_shape: tuple[int, int, int],
-        action_dim: int,
-        action_bins: list[int] | None = None,
-        env_options: dict | None = None,
-    ) -> EpisodeStore:
+    def create(cls, path, *, env: str, obs_shape: tuple, action_dim: int, action_bins=None,
+               env_options=None) -> EpisodeStore:  # fmt: skip
         """Create a dataset, or open an existing one for appending if it holds the same env."""
         path = Path(path)
         spec = dict(env=env, env_options=env_options or {}, obs_shape=list(obs_shape))
@@ -334,15 +326,12 @@ def summarize(store: EpisodeStore) -> dict:
 
     size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
     spec = ("env", "env_options", "obs_shape", "action_dim", "action_bins")
-    return {
-        "path": str(store.path),
-        **{key: store.manifest[key] for key in spec},
-        "episodes": len(store),
-        "labelled_episodes": int(store.labelled.sum()),
-        "frames": int(lengths.sum()),
-        "terminated_episodes": sum(e["terminated"] for e in store.episodes),
+    terminated = sum(e["terminated"] for e in store.episodes)
+    summary = {"path": str(store.path)} | {key: store.manifest[key] for key in spec}
+    summary |= {"episodes": len(store), "labelled_episodes": int(store.labelled.sum())}
+    summary |= {"frames": int(lengths.sum()), "terminated_episodes": terminated}
+    summary |= {
         "episode_length": stats(lengths.astype(np.float64)),
         "episode_return": stats(returns),
-        "action": stats(actions),
-        "bytes_on_disk": size,
     }
+    return summary | {"action": stats(actions), "bytes_on_disk": size}

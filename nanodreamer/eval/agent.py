@@ -112,15 +112,8 @@ def evaluation_seeds(seed: int, episodes: int, taken=()) -> list[int]:
     return seeds
 
 
-def run_episodes(
-    env_name: str,
-    env_options: dict,
-    policy,
-    seeds: list[int],
-    video: str | Path | None = None,
-    desc: str = "episodes",
-    opponents=None,
-) -> tuple[np.ndarray, np.ndarray]:
+def run_episodes(env_name: str, env_options: dict, policy, seeds: list[int], video=None,
+                 desc="episodes", opponents=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """One episode per seed, in lockstep (the policy acts on every env in one batch) ->
     returns (episodes, cars) and env steps (episodes,). `opponents` drives every car but the
     first; `video`: the first episode, all cars' views side by side."""
@@ -157,19 +150,8 @@ def run_episodes(
     return total, steps
 
 
-def evaluate_agent(
-    run: str | Path,
-    env_name: str,
-    episodes: int,
-    *,
-    seed: int = 0,
-    video=None,
-    mode: bool | None = None,
-    random: bool = True,
-    max_episode_steps: int | None = None,
-    num_cars: int | None = None,
-    opponents: str = "self",
-) -> dict:
+def evaluate_agent(run, env_name: str, episodes: int, *, seed=0, video=None, mode=None, random=True,
+                   max_episode_steps=None, num_cars=None, opponents="self") -> dict:  # fmt: skip
     """The agent's return over full-length episodes on seeds no collection used: mean, std
     and 95% interval half-width (`return_ci95`), beside a random policy on the same seeds.
     Multi-car racing counts every car (`per_car_return_mean`); `opponents="random"` scores

@@ -64,15 +64,7 @@ def _window_sums(x: np.ndarray, window: int) -> np.ndarray:
 
 @torch.no_grad()
 @seeded(0)
-def evaluate_control(
-    run: str | Path,
-    *,
-    contexts: int = 8,
-    randoms: int = 2,
-    episodes: int = 8,
-    imagined_samples: int = 4,
-    split: str = "val",
-) -> dict:
+def evaluate_control(run, *, contexts=8, randoms=2, episodes=8, imagined_samples=4, split="val"):
     """Reward-model and imagination metrics of an agent run (module doc)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, info = load_agent(run, device)

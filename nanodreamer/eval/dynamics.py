@@ -89,15 +89,7 @@ def per_horizon(scores: np.ndarray, alive: np.ndarray, name: str) -> dict[str, f
 
 @torch.no_grad()
 @seeded(0)
-def counterfactual_dynamics(
-    world,
-    data: str | Path,
-    *,
-    contexts: int = 32,
-    randoms: int = 2,
-    context: int | None = None,
-    split: str = "val",
-) -> dict[str, float]:
+def counterfactual_dynamics(world, data, *, contexts=32, randoms=2, context=None, split="val"):
     """Counterfactual PSNR, ignore-actions PSNR and controllability per horizon (module doc)."""
     store, horizon = EpisodeStore(data), max(HORIZONS)
     context, a = context or min(8, world.window - 1), world.dynamics.config.action_dim
@@ -130,16 +122,8 @@ def counterfactual_dynamics(
 
 
 @seeded(0)
-def evaluate_dynamics(
-    world: WorldModel,
-    data: str | Path,
-    *,
-    context: int | None = None,
-    windows: int = 16,
-    gif: str | Path | None = None,
-    quick: bool = False,
-    split: str = "val",
-) -> dict[str, float]:
+def evaluate_dynamics(world: WorldModel, data, *, context=None, windows=16, gif=None, quick=False,
+                      split="val") -> dict[str, float]:  # fmt: skip
     """The module doc's figures on the split's episodes ("all" for a held-out dataset);
     `quick` skips the shuffled, counterfactual and no-cache runs."""
     horizon = max(HORIZONS)
