@@ -1,12 +1,10 @@
 """Causal masked-autoencoder tokenizer (SPEC "Causal tokenizer").
 
 Each frame is cut into patches; `n_latents` learned latent tokens are appended. Within a frame
-the encoder's latents read every token while patches read only patches, so all information
-must flow into the latents; across frames attention is causal with a bounded window. The
-latents are projected to `latent_dim` channels and squashed by tanh: that is the compressed
-representation the dynamics model works on. The decoder projects latents back, appends learned
-patch queries that read the latents (latents never read the queries), and reads out pixels.
-During training each frame masks a random fraction p ~ U(0, mask_max) of its patches.
+the encoder's latents read every token, patches only patches, so all information flows into
+the latents (projected to `latent_dim` channels, tanh: what the dynamics model works on);
+across frames attention is causal with a bounded window. The decoder appends patch queries
+that read the latents and reads out pixels. Training masks p ~ U(0, mask_max) of each frame.
 """
 
 from __future__ import annotations

@@ -346,10 +346,10 @@ def test_policy_context_reset_between_episodes(agent_runs):
     first = [policy.act(frames[0], np.array([True]))]
     for t in range(1, 6):
         first.append(policy.act(frames[t], np.array([False])))
-    assert policy.stream_of(0).context.frames == 6
+    assert policy.groups[policy.member[0]][0].context.frames == 6
     torch.manual_seed(0)
     again = policy.act(frames[0], np.array([True]))
-    assert policy.stream_of(0).context.frames == 1  # a new episode starts from an empty context
+    assert policy.groups[policy.member[0]][0].context.frames == 1  # a new episode starts from an empty context
     np.testing.assert_array_equal(again, first[0])
 
 

@@ -8,12 +8,10 @@ to it and the reward that came with it, step 0 a zero action and reward. So, exa
     action[t], reward[t] = a_{t-1}, r_{t-1}   (t = 1..N; the normalised action)
     is_terminal[N] = terminations[N-1]; a last step that did not terminate was truncated
 
-Actions are stored normalised to [-1, 1] as `nanodreamer.envs.make` exposes them (a Box
-rescaled linearly, Discrete(n) as the centre of bin i), so an imported dataset trains and
-evaluates like a collected one. Image observations only. A dataset we export keeps our env
-name and options in its metadata (key "nanodreamer") and the Gymnasium env spec that rebuilds
-the env (`gymnasium.make(spec)`); a foreign dataset's env is rebuilt from its spec's id and
-keyword arguments.
+Actions are normalised to [-1, 1] as `envs.make` exposes them (a Box rescaled, Discrete(n) as
+bin centres); image observations only. An export keeps our env name and options in its
+metadata (key "nanodreamer") and the env spec that rebuilds it; a foreign dataset's env is
+rebuilt from its spec's id and keyword arguments.
 """
 
 from __future__ import annotations

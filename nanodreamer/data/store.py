@@ -1,23 +1,15 @@
 """Episode store: one compressed `.npz` file per episode plus a JSON manifest.
 
-Layout of a dataset folder:
-
     manifest.json          env, spaces, resolution, counts, format version, one entry per episode
     episodes/ep_000000.npz obs (T,H,W,C uint8), action (T,A float32), reward (T float32),
                            is_first (T bool), is_terminal (T bool)
 
-Alignment (SPEC): step t holds obs[t], the action that *led to* obs[t], the reward received
-with obs[t]; index 0 holds a zero action and zero reward and is masked out of every loss.
-
-Action-free episodes (imported video): the manifest entry says `"actions": false`; the file
-holds zero actions and rewards, which no loss reads: the dynamics model sees such frames with
-its no-action embedding, and the agent phase trains on the labelled episodes only. Format 1
-(before the marker) reads as all episodes labelled.
-
-Episode files are written to a temporary name and renamed; the manifest is rewritten the same
-way after each episode, so a killed writer loses at most the episode in flight. A file that is
-missing, truncated or corrupt is reported by name: the store skips it when opening (one warning
-line), and `nanodreamer data verify DIR --repair` moves it to `DIR/corrupt/`.
+Alignment (SPEC): step t holds obs[t], the action that *led to* obs[t] and the reward received
+with it; index 0 holds a zero action and reward, masked out of every loss. An action-free
+episode (imported video; manifest `"actions": false`, format 1: none) holds zeros no loss reads.
+Files are written to a temporary name and renamed, the manifest rewritten so after each
+episode: a killed writer loses at most the episode in flight. A missing or corrupt file is
+skipped with one warning line; `nanodreamer data verify DIR --repair` moves it to `DIR/corrupt/`.
 """
 
 from __future__ import annotations

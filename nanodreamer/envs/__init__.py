@@ -1,12 +1,10 @@
 """Environments: `make(name, **options)` returns a Gymnasium env with uint8 HxWxC frames and
 actions normalised to [-1, 1] per dimension.
 
-Names: "car-racing" (CarRacing-v3, 96x96, 2-D action: steer, throttle), "multi-car-racing"
-(`num_cars` cars on one track: observations (N,H,W,C), actions (N,2), rewards (N,); each car's
-stream is one episode in a dataset), "dot" (16x16: steer a dot to a target on a grid; the CPU-scale
-end-to-end test bed), an Atari game under the Atari 100k protocol (`atari:Boxing` or
-`ALE/Boxing-v5`: `envs.atari`), or any Gymnasium id whose observations are images or that renders
-`rgb_array` frames (resized to `resolution`), also in Gymnasium's `module:EnvId` form.
+Names: "car-racing" (CarRacing-v3, 96x96, action: steer, throttle), "multi-car-racing" (N cars
+on one track, each car's stream one episode), "dot" (the CPU-scale test bed), an Atari game
+(`atari:Boxing` or `ALE/Boxing-v5`: `envs.atari`), or any Gymnasium id (also `module:EnvId`)
+with image observations or `rgb_array` frames (resized to `resolution`).
 
 Every env is built by `gymnasium.make` (ours registered as `nanodreamer/Dot-v0` and
 `nanodreamer/MultiCarRacing-v0`) and every wrapper records its arguments, so

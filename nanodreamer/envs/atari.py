@@ -1,10 +1,8 @@
 """Atari 2600 games (ale-py, whose wheel ships the ROMs) under the Atari 100k protocol of IRIS
-and DIAMOND: the minimal action set, no sticky actions, up to 30 no-op steps after a reset
-(drawn from the reset's seed, so an episode replays from its seed and actions), each action
-repeated for 4 frames with the last two max-pooled (Atari sprites flicker), 64x64 RGB frames,
-games capped at 108,000 frames. A lost life ends an episode in the training data only
-(`info["life_loss"]`, which collection records as a terminal step); the env itself always
-plays the whole game, so evaluation scores full games.
+and DIAMOND: minimal action set, no sticky actions, up to 30 no-ops after a reset (from its
+seed: episodes replay), 4 frames per action with the last two max-pooled, 64x64 RGB, games
+capped at 108,000 frames. A lost life is a terminal step of the training data only
+(`info["life_loss"]`); the env plays whole games, so evaluation scores full games.
 
 Names: `atari:Boxing` or Gymnasium's `ALE/Boxing-v5` (also as `ale_py:ALE/Boxing-v5`).
 """

@@ -1,12 +1,9 @@
 """A tiny pixel environment for CPU-scale end-to-end runs: steer a dot to a target on a grid.
 
-The frame is a `cells` x `cells` grid of `cell`-pixel squares (16x16 RGB by default): a red dot
-filling its cell and a green target ring (drawn over the dot once it arrives), both placed at
-random in different cells. The 2-D action in [-1, 1]^2 moves the dot one cell along each axis
-whose component exceeds 1/4 in size (so 9 moves, staying put included), never off the grid.
-Reward per step: minus the dot's distance to the target in cells, after the move. A world model
-learns this discrete world in minutes on a CPU; over the 50 steps of an episode a random policy
-(a fresh action every step) scores about -100, heading straight for the target about -1.
+A `cells` x `cells` grid of `cell`-pixel squares (16x16 RGB by default): a red dot and a green
+target ring, placed at random. The action in [-1, 1]^2 moves the dot one cell along each axis
+whose component exceeds 1/4 (9 moves), never off the grid; reward: minus the distance to the
+target in cells. Over 50 steps a random policy scores about -100, a straight path about -1.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """MultiCarRacing on current Gymnasium: N cars race on one CarRacing track, one 96x96 view each.
 
-The seed's MultiCarRacing no longer installs, so this rebuilds it from Gymnasium's pieces: the
-track generator, the car dynamics and the drawing code of CarRacing-v3 are reused; cars,
-contacts, per-car rewards and per-car views are ours. With one car it is CarRacing-v3 exactly
-(same track, frames and rewards for the same seed and actions).
-
-Observation (N, 96, 96, 3) uint8, one view centred on each car; action (N, 2) in [-1, 1]
-(steer, throttle: the seed's normalised action per car); reward (N,).
-Per car: +1000/len(track) for each tile that car touches for the first time, -0.1 per frame,
--100 on leaving the playfield. Cars collide with each other (Box2D bodies). The episode
-terminates for every car when any car finishes a lap or leaves the playfield; `make` adds the
-CarRacing-v3 time limit of 1000 frames (truncation).
+The seed's MultiCarRacing no longer installs, so this rebuilds it on CarRacing-v3's track,
+car dynamics and drawing code (with one car it is CarRacing-v3 exactly). Observation
+(N, 96, 96, 3) uint8, one view per car; action (N, 2) (steer, throttle) in [-1, 1]; reward
+(N,): +1000/len(track) per tile a car touches first, -0.1 per frame, -100 off the playfield.
+Cars collide; the episode ends for all when any car finishes a lap or leaves the playfield
+(`make` adds the 1000-frame time limit).
 """
 
 from __future__ import annotations

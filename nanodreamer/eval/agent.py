@@ -71,9 +71,6 @@ class AgentPolicy:
         """states (N,D) -> actions (N,A) in [-1, 1]."""
         return sample_action(self.model.heads.policy_logits(state, 1)[:, 0], mode=self.mode)
 
-    def stream_of(self, env: int) -> AgentStream:
-        return self.groups[self.member[env]][0]
-
     @torch.no_grad()
     def act(self, obs: np.ndarray, is_first: np.ndarray) -> np.ndarray:
         """obs (N,H,W,C) uint8 of every env, is_first (N,) -> actions (N,A) in [-1, 1]."""

@@ -70,9 +70,6 @@ class KVCache:
         self.layers: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self.frames = 0
 
-    def get(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return self.layers.get(layer)
-
     def put(self, layer: int, kv: tuple[torch.Tensor, torch.Tensor], keep: int) -> None:
         past = self.layers.get(layer)
         if past is not None:

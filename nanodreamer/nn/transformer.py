@@ -2,13 +2,10 @@
 
 Tokens are laid out as (B, T, S, D): T frames of S tokens each. *Space* layers attend within a
 frame under a modality mask built once from a `TokenLayout`, plus a learned positional bias;
-*time* layers (every `time_every`-th layer) attend causally across frames at the same token
-position, with RoPE-1D over frame positions.
-
-`window` bounds the receptive field in time: each time layer looks back a span of frames
-(`time_spans`) chosen so that an output depends on its own frame and the `window - 1` frames
-before it, never more. A frame streamed through the key/value cache deep into an episode is
-then computed exactly as it is as the last frame of a `window`-frame training sequence.
+*time* layers (every `time_every`-th) attend causally across frames at the same token position,
+with RoPE-1D. Each time layer looks back a span of frames (`time_spans`) so that an output
+depends on exactly its frame and the `window - 1` before it: a frame streamed through the
+key/value cache deep into an episode is computed as the last frame of a training window.
 """
 
 from __future__ import annotations
@@ -176,7 +173,9 @@ class AxialTransformer(nn.Module):
             space_mask = space_mask.masked_fill(~self.space_mask, float("-inf"))
         for i, block in enumerate(self.blocks):
             if block.time:
-                kwargs = dict(time_kwargs[self.spans[i]], past=cache.get(i) if cache else None)
+                kwargs = dict(
+                    time_kwargs[self.spans[i]], past=cache.layers.get(i) if cache else None
+                )
             else:
                 kwargs = {"mask": space_mask}
             options = CHECKPOINTING[self.checkpointing] if self.training else None

@@ -1,10 +1,7 @@
-"""The training loop shared by every phase.
-
-A phase gives the trainer an `objective` module whose forward(batch) returns (loss, metrics),
-the `model` inside it to save, a stream of batches, and an evaluation. The trainer owns the
-rest: AdamW with warm-up and cosine decay, clipping, bf16 autocast on CUDA, torch.compile,
-activation checkpointing, EMA weights, DDP, checkpoints, logs, and the progress bar.
-"""
+"""The training loop shared by every phase. A phase gives an `objective` module (forward(batch)
+-> (loss, metrics)), the `model` in it to save, batches and an evaluation; the trainer owns
+AdamW with warm-up and cosine decay, clipping, bf16 autocast on CUDA, torch.compile, activation
+checkpointing, EMA weights, DDP, checkpoints, logs and the progress bar."""
 
 from __future__ import annotations
 
@@ -107,6 +104,9 @@ class Phase(Protocol):
 
     def finish(self, model: nn.Module) -> None:
         """After the last update, before the final save (phase 2: `agent.fit_heads`)."""
+
+
+BAR = "{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]"  # whole seconds
 
 
 def learning_rate(cfg: TrainConfig, progress: float, step: int) -> float:
@@ -244,14 +244,10 @@ class Trainer:
             runs.write_run(self.run, self.info())
         batches = self.phase.batches(self.step, env)
         by_time = bool(cfg.minutes)  # the bar counts seconds of the budget, or steps
-        bar = tqdm(
-            total=60 * cfg.minutes if by_time else cfg.steps,
-            initial=min(self.elapsed, 60 * cfg.minutes) if by_time else self.step,
-            unit="s" if by_time else "step",
-            desc=f"train {self.phase.name}",
-            disable=not env.main,
-            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]",
-        )
+        total, done = (60 * cfg.minutes, self.elapsed) if by_time else (cfg.steps, self.step)
+        show = {"unit": "s" if by_time else "step", "desc": f"train {self.phase.name}"}
+        show |= {"disable": not env.main, "bar_format": BAR}
+        bar = tqdm(total=total, initial=min(done, total), **show)
         last_eval: dict[str, float] = {}
         window_start, window_items, window_metrics = time.perf_counter(), 0, []
         self.objective.train()
