@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanodreamer.cli.flags import add_settings_flags, check_gas_cap, with_flags
+from nanodreamer.cli.flags import add_settings_flags, check_gas_cap, command, group, with_flags
 from nanodreamer.data import EpisodeStore, collect, summarize, verify
 from nanodreamer.data.minari_io import export_minari, import_minari
 from nanodreamer.data.video import import_videos
@@ -21,7 +21,7 @@ ENV_OWN = EnvSettings(action_repeat=1, max_episode_steps=None, max_gas=None)  # 
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("collect", help="collect episodes into a dataset folder")
+    p = command(sub, "collect", cmd_collect, "collect episodes into a dataset folder")
     envs = "car-racing, multi-car-racing, dot, atari:Game or a Gym id"
     p.add_argument("--env", default="car-racing", help=envs)
     amount = p.add_mutually_exclusive_group(required=True)
@@ -38,37 +38,26 @@ def add_commands(sub) -> None:
         help="also keep every stepped frame (all repeats of each action) in this dataset folder, "
         "action-free: the tokenizer's data",
     )
-    p.set_defaults(func=cmd_collect)
 
-    data = sub.add_parser("data", help="inspect, check, import and export datasets")
-    data = data.add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("info", help="episodes, frames, lengths, returns, actions, size")
+    data = group(sub, "data", "inspect, check, import and export datasets")
+    p = command(data, "info", cmd_data_info, "episodes, frames, lengths, returns, actions, size")
     p.add_argument("dir")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_data_info)
-    p = data.add_parser("verify", help="read every episode back; --repair moves damaged ones")
+    p = command(data, "verify", cmd_data_verify, "read all episodes back; --repair moves bad ones")
     p.add_argument("dir")
     p.add_argument("--repair", action="store_true")
-    p.set_defaults(func=cmd_data_verify)
-    imports = data.add_parser("import", help="bring video or a Minari dataset in")
-    imports = imports.add_subparsers(dest="import_command", required=True)
-    p = imports.add_parser(
-        "video", help="video files or frame folders, one action-free episode each"
-    )
+    imports = group(data, "import", "bring video or a Minari dataset in")
+    p = command(imports, "video", cmd_import_video, "videos or frame folders, action-free")
     p.add_argument("paths", nargs="+", metavar="PATH", help="mp4/webm/gif files, frame folders")
     p.add_argument("--out", required=True, help="dataset folder (created, or appended to)")
     p.add_argument("--resolution", type=int, help="square frame size (new datasets: 64)")
-    p.set_defaults(func=cmd_import_video)
-    p = imports.add_parser("minari", help="a local Minari dataset with image observations")
+    p = command(imports, "minari", cmd_import_minari, "a local Minari dataset of images")
     p.add_argument("dataset", help="Minari dataset id")
     p.add_argument("--out", required=True, help="new dataset folder")
-    p.set_defaults(func=cmd_import_minari)
-    exports = data.add_parser("export", help="write a dataset in another format")
-    exports = exports.add_subparsers(dest="export_command", required=True)
-    p = exports.add_parser("minari", help="a local Minari dataset (loads in Minari and TorchRL)")
+    exports = group(data, "export", "write a dataset in another format")
+    p = command(exports, "minari", cmd_export_minari, "a local Minari dataset (Minari, TorchRL)")
     p.add_argument("dir")
     p.add_argument("--dataset-id", required=True, help="e.g. car-racing/random-v0")
-    p.set_defaults(func=cmd_export_minari)
 
 
 def cmd_collect(args: argparse.Namespace) -> None:

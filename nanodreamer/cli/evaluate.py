@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from nanodreamer.cli.flags import add_run_or_pretrained, add_split_flag
+from nanodreamer.cli.flags import add_run_or_pretrained, add_split_flag, command, group
 from nanodreamer.data.latents import check_dataset_matches
 from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import evaluate_agent
@@ -24,19 +24,16 @@ from nanodreamer.tokenizer import frames_from_uint8
 
 
 def add_commands(sub) -> None:
-    evaluate = sub.add_parser("eval", help="evaluate a trained run")
-    evaluate = evaluate.add_subparsers(dest="eval_command", required=True)
-    p = evaluate.add_parser("tokenizer", help="reconstruction PSNR and SSIM on validation data")
+    evaluate = group(sub, "eval", "evaluate a trained run")
+    p = command(evaluate, "tokenizer", cmd_eval_tokenizer, "reconstruction PSNR and SSIM, held out")
     add_run_flags(p, windows=32, gif="reconstruction")
-    p.set_defaults(func=cmd_eval_tokenizer)
 
-    p = evaluate.add_parser("dynamics", help="open-loop rollout PSNR, baselines, frames/s")
+    p = command(evaluate, "dynamics", cmd_eval_dynamics, "rollout PSNR, baselines, frames/s")
     add_run_flags(p, windows=16, gif="imagination")
     p.add_argument("--context", type=int, help="real context frames (default min(8, window-1))")
     p.add_argument("--steps", type=int, default=4, help="sampling steps K per frame")
-    p.set_defaults(func=cmd_eval_dynamics)
 
-    p = evaluate.add_parser("agent", help="return in the real env beside a random policy")
+    p = command(evaluate, "agent", cmd_eval_agent, "real-env return beside random")
     add_run_or_pretrained(p, "agent or imagination run folder")
     p.add_argument("--env", required=True)
     p.add_argument("--episodes", type=int, default=5)
@@ -51,9 +48,8 @@ def add_commands(sub) -> None:
     rivals = "multi-car-racing: the policy drives every car, or car 0 against random cars"
     p.add_argument("--opponents", choices=("self", "random"), default="self", help=rivals)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval_agent)
 
-    p = sub.add_parser("imagine", help="real context, then imagined frames beside the truth")
+    p = command(sub, "imagine", cmd_imagine, "real context, imagined frames beside truth")
     p.add_argument("--run", required=True, help="dynamics run folder")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="FILE.gif or FILE.mp4")
@@ -65,7 +61,6 @@ def add_commands(sub) -> None:
     p.add_argument("--fps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
-    p.set_defaults(func=cmd_imagine)
 
 
 def add_run_flags(p: argparse.ArgumentParser, windows: int, gif: str) -> None:

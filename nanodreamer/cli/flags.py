@@ -61,6 +61,18 @@ def with_flags(args: argparse.Namespace, settings, prefix=""):
     return replace(settings, **changes)
 
 
+def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """Subcommand `name`, run by `func(args)`."""
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(func=func)
+    return p
+
+
+def group(sub, name: str, help: str):
+    """Subcommand `name` whose own subcommands do the work."""
+    return sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_command", required=True)
+
+
 def add_recipe_flag(parser: argparse.ArgumentParser, default: str | None = "car-racing") -> None:
     parser.add_argument(
         "--recipe",

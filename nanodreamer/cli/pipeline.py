@@ -15,30 +15,26 @@ from nanodreamer.recipes import RoundsConfig, recipe, recipe_for
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("rounds", help="rounds of collect -> train -> evaluate in one folder")
+    p = flags.command(sub, "rounds", cmd_rounds, "rounds of collect, train, evaluate")
     p.add_argument("--out", required=True, help="folder (rerun the same command to resume)")
     flags.add_recipe_flag(p, default=None)
     flags.add_settings_flags(p, RoundsConfig())
-    p.set_defaults(func=cmd_rounds)
 
-    p = sub.add_parser("demo", help="the whole pipeline on car racing at CPU scale")
+    p = flags.command(sub, "demo", cmd_demo, "the whole pipeline on car racing at CPU scale")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--minutes", type=float, default=55, help="time budget (about 50 min wall)")
     p.add_argument("--env", default="car-racing")
     p.add_argument("--episodes", type=int, default=100, help="random episodes to collect")
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("pack", help="an imagination run as a self-contained pretrained folder")
+    p = flags.command(sub, "pack", cmd_pack, "a run as a self-contained pretrained folder")
     p.add_argument("--run", required=True, help="imagination run folder")
     p.add_argument("--out", required=True, help="folder to write (replaced)")
     p.add_argument("--episodes", type=int, default=4, help="held-out episodes to include")
-    p.set_defaults(func=cmd_pack)
 
-    p = sub.add_parser("play", help="drive inside a world model in the browser")
+    p = flags.command(sub, "play", cmd_play, "drive inside a world model in the browser")
     flags.add_run_or_pretrained(p, "dynamics (or agent) run folder")
     flags.add_settings_flags(p, PlayConfig(run=""), show=False)
     p.add_argument("--public", action="store_true", help="allow a non-loopback --host")
-    p.set_defaults(func=cmd_play)
 
 
 def cmd_rounds(args: argparse.Namespace) -> None:

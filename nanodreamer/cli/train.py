@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from nanodreamer.cli.flags import add_recipe_flag, add_settings_flags, with_flags
+from nanodreamer.cli.flags import add_recipe_flag, add_settings_flags, command, group, with_flags
 from nanodreamer.data import EpisodeStore
 from nanodreamer.data.latents import encode_dataset
 from nanodreamer.dynamics import DYNAMICS_PRESETS
@@ -34,14 +34,12 @@ def add_train_flags(p: argparse.ArgumentParser, presets=None) -> None:
 
 
 def add_commands(sub) -> None:
-    train = sub.add_parser("train", help="train one phase")
-    train = train.add_subparsers(dest="train_command", required=True)
-    p = train.add_parser("tokenizer", help="phase 1a: the causal masked-autoencoder tokenizer")
+    train = group(sub, "train", "train one phase")
+    p = command(train, "tokenizer", cmd_train_tokenizer, "phase 1a: the causal tokenizer")
     add_train_flags(p, TOKENIZER_PRESETS)
     p.add_argument("--lpips", help="perceptual loss: 'lpips' (package) or an exported .pt2 file")
-    p.set_defaults(func=cmd_train_tokenizer)
 
-    p = train.add_parser("dynamics", help="phase 1b: the interactive dynamics model")
+    p = command(train, "dynamics", cmd_train_dynamics, "phase 1b: the dynamics model")
     add_train_flags(p, DYNAMICS_PRESETS)
     p.add_argument("--tokenizer", required=True, help="tokenizer run folder")
     add_recipe_flag(p)
@@ -50,22 +48,19 @@ def add_commands(sub) -> None:
     p.add_argument("--long-seq-len", type=int, help=long)
     hide = "keep the actions of this share of the labelled episodes (per episode, by --seed)"
     p.add_argument("--labelled-frac", type=float, help=hide)
-    p.set_defaults(func=cmd_train_dynamics)
 
-    p = train.add_parser("agent", help="phase 2: behaviour cloning + reward model (MTP)")
+    p = command(train, "agent", cmd_train_agent, "phase 2: BC and reward model (MTP)")
     add_train_flags(p)
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--world-model", required=True, help="dynamics run folder")
     add_recipe_flag(p)
     add_settings_flags(p, AgentSettings())
-    p.set_defaults(func=cmd_train_agent)
 
-    p = train.add_parser("imagination", help="phase 3: PMPO inside the frozen world model")
+    p = command(train, "imagination", cmd_train_imagination, "phase 3: PMPO in the world model")
     add_train_flags(p)
     p.add_argument("--run", required=True, help="agent (phase 2) run folder")
     add_recipe_flag(p)
     add_settings_flags(p, ImaginationSettings())
-    p.set_defaults(func=cmd_train_imagination)
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:

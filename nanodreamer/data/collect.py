@@ -28,8 +28,7 @@ class RandomPolicy:
     in car racing the car then turns and accelerates instead of jittering in place."""
 
     def __init__(self, num_envs: int, action_dim: int, hold: int = 8, seed=0, low=-1.0, high=1.0):
-        self.rng = np.random.default_rng(seed)
-        self.hold = hold
+        self.rng, self.hold = np.random.default_rng(seed), hold
         self.low = np.broadcast_to(np.asarray(low, np.float32), (action_dim,))
         self.high = np.broadcast_to(np.asarray(high, np.float32), (action_dim,))
         self.action = np.zeros((num_envs, action_dim), np.float32)
@@ -137,12 +136,9 @@ def _run(store, frame_store, make_env, budget, num_envs, cars, seed, policy, pro
     disabled = gym.vector.AutoresetMode.DISABLED
     # spawned workers do not inherit the dataset's lock file; SyncVectorEnv keeps one float
     # reward per env, so a multi-car env (a reward per car) always runs in a worker
-    if num_envs > 1 or cars > 1:
-        venv = gym.vector.AsyncVectorEnv(
-            [make_env] * num_envs, context="spawn", autoreset_mode=disabled
-        )
-    else:
-        venv = gym.vector.SyncVectorEnv([make_env], autoreset_mode=disabled)
+    spawn = {"context": "spawn"} if num_envs > 1 or cars > 1 else {}
+    vector = gym.vector.AsyncVectorEnv if spawn else gym.vector.SyncVectorEnv
+    venv = vector([make_env] * num_envs, autoreset_mode=disabled, **spawn)
     action_dim, streams = store.manifest["action_dim"], num_envs * cars
     obs_shape = tuple(store.manifest["obs_shape"])
     first = len(store)
@@ -150,8 +146,7 @@ def _run(store, frame_store, make_env, budget, num_envs, cars, seed, policy, pro
     policy = policy or random_policy(store.manifest["env"], streams, action_dim, (seed, first))
     seeds = [episode_seed(seed, first + k) for k in range(num_envs)]
     started, written, steps, t0 = num_envs, 0, 0, time.perf_counter()
-    obs, _ = venv.reset(seed=seeds)
-    obs = obs.reshape(streams, *obs_shape)
+    obs = venv.reset(seed=seeds)[0].reshape(streams, *obs_shape)
     recorders = [_Recorder(o, action_dim) for o in obs]
     is_first = np.ones(streams, bool)
     total = episodes if max_steps >= 2**62 else max_steps

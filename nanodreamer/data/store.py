@@ -38,11 +38,8 @@ class CorruptEpisodeError(UserError):
 
 
 class EpisodeStore:
-    """A folder of episodes. `len()`, indexing and iteration give dicts with exactly `KEYS`.
-
-    Open an existing dataset with `EpisodeStore(path)`; create or append with
-    `EpisodeStore.create(path, env=..., obs_shape=..., action_dim=...)`.
-    """
+    """A folder of episodes; `len()`, indexing and iteration give dicts with exactly `KEYS`.
+    Open one with `EpisodeStore(path)`, create or append with `EpisodeStore.create(path, ...)`."""
 
     keys = KEYS
 
@@ -62,9 +59,7 @@ class EpisodeStore:
                 f"{self.path} has dataset format {version}, this nanodreamer reads "
                 f"{', '.join(map(str, READABLE_VERSIONS))}: re-collect it or update nanodreamer"
             )
-        self._lock = None
-        if _writable:
-            self._lock = _acquire_lock(self.path)
+        self._lock = _acquire_lock(self.path) if _writable else None
         self.episodes = self._check_episode_files()
 
     @classmethod
@@ -99,9 +94,6 @@ class EpisodeStore:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return self.load(index)
-
-    def __iter__(self):
-        return (self.load(i) for i in range(len(self)))
 
     @property
     def lengths(self) -> np.ndarray:
