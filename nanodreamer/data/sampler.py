@@ -21,8 +21,10 @@ import torch
 from nanodreamer.data.store import EpisodeStore
 from nanodreamer.errors import UserError
 
+VAL_FRACTION, CACHE_BYTES = 0.1, 1 << 30  # held-out episodes; decoded episodes kept per worker
 
-def split_episodes(store: EpisodeStore, split: str, val_fraction: float = 0.1) -> list[int]:
+
+def split_episodes(store: EpisodeStore, split: str) -> list[int]:
     """Indices of the episodes in `split` ("train", "val" or "all"), by a hash of each file
     name (or its `split_of`: frame episodes share their dataset episode's split), so a growing
     dataset never moves an episode. With two or more episodes, each split gets one at least."""
@@ -30,8 +32,8 @@ def split_episodes(store: EpisodeStore, split: str, val_fraction: float = 0.1) -
         return list(range(len(store)))
     keys = [e.get("split_of", e["file"]) for e in store.episodes]
     buckets = [zlib.crc32(key.encode()) % 10_000 / 10_000 for key in keys]
-    val = [i for i, b in enumerate(buckets) if b < val_fraction]
-    if len(store) >= 2 and val_fraction > 0:
+    val = [i for i, b in enumerate(buckets) if b < VAL_FRACTION]
+    if len(store) >= 2:
         if not val:
             val = [i for i, b in enumerate(buckets) if b == min(buckets)]
         if len(val) == len(store):
@@ -61,15 +63,15 @@ class WindowDataset(torch.utils.data.Dataset):
     a nominal epoch. `labelled` (episodes,) overrides which episodes have actions;
     `labelled_only` keeps only those (the agent phases)."""
 
-    def __init__(self, source, seq_len: int, *, split="train", val_fraction=0.1, seed=0, keys=None,
-                 cache_bytes=1 << 30, labelled=None, labelled_only=False):  # fmt: skip
+    def __init__(self, source, seq_len: int, *, split="train", seed=0, keys=None, labelled=None,
+                 labelled_only=False):  # fmt: skip
         """`source`: a dataset folder, an EpisodeStore or anything with its reading interface
         (a LatentStore); `keys`: those to read (default: all of the store's)."""
         self.store = EpisodeStore(source) if isinstance(source, str | Path) else source
-        self.seq_len, self.seed, self.cache_bytes = seq_len, seed, cache_bytes
+        self.seq_len, self.seed = seq_len, seed
         self.keys = keys or self.store.keys
         self.labelled = labelled_episodes(self.store) if labelled is None else labelled
-        self.episode_ids = split_episodes(self.store, split, val_fraction)
+        self.episode_ids = split_episodes(self.store, split)
         if labelled_only:
             self.episode_ids = [i for i in self.episode_ids if self.labelled[i]]
         if not self.episode_ids:
@@ -115,7 +117,7 @@ class WindowDataset(torch.utils.data.Dataset):
         episode = self.store.load(episode_id, self.keys)
         self._cache[episode_id] = episode
         self._cached_bytes += sum(v.nbytes for v in episode.values())
-        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
             _, dropped = self._cache.popitem(last=False)
             self._cached_bytes -= sum(v.nbytes for v in dropped.values())
         return episode

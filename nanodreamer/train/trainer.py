@@ -6,6 +6,7 @@ checkpointing, EMA weights, DDP, checkpoints, logs and the progress bar."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import time
@@ -27,7 +28,6 @@ from nanodreamer.errors import UserError
 from nanodreamer.nn.transformer import CHECKPOINTING, AxialTransformer
 from nanodreamer.recipes import knob
 from nanodreamer.train.distributed import Distributed, max_over_ranks, mean_over_ranks
-from nanodreamer.train.logger import MetricsLogger
 
 
 @dataclass
@@ -147,6 +147,40 @@ def _check_memory_options(cfg: TrainConfig) -> None:
         raise UserError(f"memory budget {cfg.memory_budget} must lie in (0, 1]")
     if cfg.memory_budget < 1 and not cfg.compile:
         raise UserError("--memory-budget is a torch.compile setting: add --compile")
+
+
+class MetricsLogger:
+    """Metrics to `metrics.jsonl` always, TensorBoard by default, Weights & Biases on request
+    (`--wandb`; WANDB_MODE=offline works without a network)."""
+
+    def __init__(self, run: Path, config: dict, tensorboard: bool = True, wandb: bool = False):
+        self.file = open(run / "metrics.jsonl", "a")  # noqa: SIM115 - open for the whole run
+        self.tb = self.wb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # slow: only when logging
+
+            self.tb = SummaryWriter(run / "tensorboard")
+        if wandb:
+            import wandb as wandb_module  # optional: the [wandb] extra
+
+            where = {"project": "nanodreamer", "name": run.name, "dir": str(run)}
+            self.wb = wandb_module.init(**where, config=config, resume="allow")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in metrics.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wb is not None:
+            self.wb.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wb is not None:
+            self.wb.finish()
 
 
 class Trainer:
