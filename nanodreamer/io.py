@@ -18,7 +18,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}"
     )
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
+    umask = os.umask(0)  # read it (there is no getter) and put it back
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
@@ -27,12 +29,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def to_json(obj, indent: int | None = None) -> str:

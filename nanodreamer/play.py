@@ -128,13 +128,6 @@ def parse_message(text: str, action_dim: int, episodes: int) -> dict:
     raise BadMessage(f"unknown command {kind!r}: use reset, action, run, step or agent")
 
 
-def encode_jpeg(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    image = Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
 class Session:
     """One tab's world: context, KV cache, held action, optional policy."""
 
@@ -262,7 +255,9 @@ async def serve_session(ws: web.WebSocketResponse, session: Session, shared: Sha
 
     async def send_frame(frame: torch.Tensor) -> None:
         pixels = to_uint8(frame)
-        await ws.send_bytes(encode_jpeg(pixels))
+        jpeg, gray = io.BytesIO(), pixels.shape[-1] == 1
+        Image.fromarray(pixels[..., 0] if gray else pixels).save(jpeg, "JPEG", quality=90)
+        await ws.send_bytes(jpeg.getvalue())
         session.last_frame = pixels
         await ws.send_json(session.status())
 

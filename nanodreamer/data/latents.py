@@ -55,11 +55,6 @@ class LatentStore:
         return out
 
 
-def _save_npy(array: np.ndarray, path: Path) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)
-
-
 def _latent_name(episode_file: str) -> str:
     return Path(episode_file).stem + ".npy"
 
@@ -91,7 +86,7 @@ def encode_dataset(
             frames = frames_from_uint8(chunk.to(device))[None]
             chunks.append(tokenizer.encode(frames, cache)[0].half().cpu())
         latents = torch.cat(chunks).numpy()  # (T,N,Dl)
-        atomic_write(folder / _latent_name(entry["file"]), functools.partial(_save_npy, latents))
+        atomic_write(folder / _latent_name(entry["file"]), functools.partial(np.save, arr=latents))
         manifest["encoded"].append(entry["file"])
         write_json(manifest_path, manifest)
     return LatentStore(folder)

@@ -102,7 +102,8 @@ class WindowDataset(torch.utils.data.Dataset):
         length = len(next(iter(window.values())))
         valid = np.arange(self.seq_len) < length
         if length < self.seq_len:
-            window = {k: _pad(v, self.seq_len) for k, v in window.items()}
+            pad = lambda v: np.zeros((self.seq_len - length, *v.shape[1:]), v.dtype)  # noqa: E731
+            window = {k: np.concatenate([v, pad(v)]) for k, v in window.items()}
         out = {k: torch.from_numpy(np.array(v)) for k, v in window.items()}  # copies memmaps
         out |= {"valid": torch.from_numpy(valid), "episode": torch.tensor(episode_id)}
         out["start"] = torch.tensor(start)
@@ -121,11 +122,6 @@ class WindowDataset(torch.utils.data.Dataset):
             _, dropped = self._cache.popitem(last=False)
             self._cached_bytes -= sum(v.nbytes for v in dropped.values())
         return episode
-
-
-def _pad(array: np.ndarray, length: int) -> np.ndarray:
-    padding = np.zeros((length - len(array), *array.shape[1:]), array.dtype)
-    return np.concatenate([array, padding])
 
 
 class StepSampler(torch.utils.data.Sampler):

@@ -122,7 +122,8 @@ class EpisodeStore:
         episode = self._validate(episode)
         if not actions and (episode["action"].any() or episode["reward"].any()):
             raise UserError("an action-free episode must hold zero actions and rewards")
-        number = 1 + max((_episode_number(e["file"]) for e in self.episodes), default=-1)
+        numbers = (int(Path(e["file"]).stem.split("_")[1]) for e in self.episodes)  # ep_NNNNNN
+        number = 1 + max(numbers, default=-1)
         relative = f"episodes/ep_{number:06d}.npz"
 
         def write(tmp: Path) -> None:
@@ -280,10 +281,6 @@ def _write_manifest(path: Path, manifest: dict) -> None:
         format_version=FORMAT_VERSION, num_episodes=len(lengths), num_frames=int(sum(lengths))
     )
     write_json(path / MANIFEST, manifest)
-
-
-def _episode_number(relative: str) -> int:
-    return int(Path(relative).stem.split("_")[1])
 
 
 def _acquire_lock(path: Path):

@@ -56,7 +56,9 @@ def make(name: str, *, resolution=None, action_repeat=1, keep_frames=False, **op
         if resolution not in (None, env.observation_space.shape[1]):
             raise UserError(f"{name} renders {env.observation_space.shape[1]}px views only")
         return ActionRepeat(env, action_repeat, keep_frames) if repeat else env
-    env = _image_observations(env, name)
+    if not is_image_space(env.observation_space):
+        raise UserError(f"environment {name!r} does not produce uint8 image observations")
+    env = ColorChannels(env)
     if resolution is not None or env.observation_space.shape[0] != env.observation_space.shape[1]:
         env = ResizeImage(env, resolution or 64)
     env = _normalised_actions(env, name)
@@ -107,12 +109,6 @@ def is_image_space(space: gym.Space) -> bool:
     if not isinstance(space, gym.spaces.Box) or space.dtype != np.uint8:
         return False
     return len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3))
-
-
-def _image_observations(env: gym.Env, name: str) -> gym.Env:
-    if not is_image_space(env.observation_space):
-        raise UserError(f"environment {name!r} does not produce uint8 image observations")
-    return ColorChannels(env)
 
 
 def _normalised_actions(env: gym.Env, name: str) -> gym.Env:

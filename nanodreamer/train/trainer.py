@@ -132,12 +132,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _check_memory_options(cfg: TrainConfig) -> None:
     if cfg.checkpointing not in CHECKPOINTING:
         raise UserError(
@@ -271,7 +265,9 @@ class Trainer:
         elif (self.run / runs.CHECKPOINT).exists():
             raise UserError(f"{self.run} already holds a run: pass --resume or pick a new --out")
         else:
-            seed_everything(cfg.seed + env.rank)
+            random.seed(cfg.seed + env.rank)
+            np.random.seed(cfg.seed + env.rank)
+            torch.manual_seed(cfg.seed + env.rank)
         logger = None
         if env.main:
             logger = MetricsLogger(self.run, self.info(), cfg.tensorboard, cfg.wandb)
