@@ -100,10 +100,11 @@ def format_summary(info: dict) -> str:
         "episodes": f"{info['episodes']} ({info['terminated_episodes']} terminated, "
         f"{info['episodes'] - info['labelled_episodes']} action-free)",
         "frames": info["frames"],
-        **{k: fmt(info[key]) for k, key in (("length", "episode_length"),
-                                            ("return", "episode_return"), ("action", "action"))},
+        "length": fmt(info["episode_length"]),
+        "return": fmt(info["episode_return"]),
+        "action": fmt(info["action"]),
         "on disk": f"{info['bytes_on_disk'] / 2**20:.1f} MiB",
-    }  # fmt: skip
+    }
     return "\n".join(f"{k:<13}{v}" for k, v in rows.items())
 
 

@@ -29,8 +29,8 @@ class Distributed:
 
 def setup(device: str | None = None) -> Distributed:
     """Join the process group if launched by torchrun; pick this process's device."""
-    world, rank, local = (int(os.environ.get(k, d)) for k, d in
-                          (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))  # fmt: skip
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
