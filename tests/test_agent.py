@@ -346,10 +346,11 @@ def test_policy_context_reset_between_episodes(agent_runs):
     first = [policy.act(frames[0], np.array([True]))]
     for t in range(1, 6):
         first.append(policy.act(frames[t], np.array([False])))
-    assert policy.groups[policy.member[0]][0].context.frames == 6
+    stream = lambda: policy.groups[policy.member[0]][0]  # noqa: E731 - env 0's stream
+    assert stream().context.frames == 6
     torch.manual_seed(0)
     again = policy.act(frames[0], np.array([True]))
-    assert policy.groups[policy.member[0]][0].context.frames == 1  # a new episode starts from an empty context
+    assert stream().context.frames == 1  # a new episode starts from an empty context
     np.testing.assert_array_equal(again, first[0])
 
 

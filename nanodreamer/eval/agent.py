@@ -67,10 +67,6 @@ class AgentPolicy:
         self.groups: dict[int, tuple[AgentStream, np.ndarray]] = {}  # id -> (stream, envs)
         self.member = np.full(num_envs, -1)  # each env's group id
 
-    def action(self, state: torch.Tensor) -> torch.Tensor:
-        """states (N,D) -> actions (N,A) in [-1, 1]."""
-        return sample_action(self.model.heads.policy_logits(state, 1)[:, 0], mode=self.mode)
-
     @torch.no_grad()
     def act(self, obs: np.ndarray, is_first: np.ndarray) -> np.ndarray:
         """obs (N,H,W,C) uint8 of every env, is_first (N,) -> actions (N,A) in [-1, 1]."""
@@ -84,10 +80,9 @@ class AgentPolicy:
         has_action = torch.from_numpy(~fresh).to(self.device)
         for group, (stream, members) in self.groups.items():
             rows = torch.from_numpy(members).to(self.device)
-            state = stream.observe(
-                obs[members, None], self.last_action[rows, None], has_action[rows, None]
-            )[:, -1]
-            action = self.action(state)
+            inputs = (obs[members, None], self.last_action[rows, None], has_action[rows, None])
+            logits = self.model.heads.policy_logits(stream.observe(*inputs)[:, -1], 1)[:, 0]
+            action = sample_action(logits, mode=self.mode)
             mine = torch.from_numpy(self.member[members] == group).to(self.device)
             self.last_action[rows[mine]] = action[mine]
         return self.last_action.cpu().numpy()

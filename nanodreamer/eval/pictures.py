@@ -60,8 +60,7 @@ def plot_metrics(metrics_file: str | Path, out: str | Path, keys: tuple[str, ...
     for ax, key in zip(axes[0], keys, strict=True):
         points = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot(*zip(*points, strict=True), marker="." if len(points) < 30 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
+        ax.set(title=key, xlabel="step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out)
@@ -78,9 +77,7 @@ def plot_learning_curve(results: list[dict], out: str | Path) -> Path:
         means = [r["real_env"][f"{prefix}return_mean"] for r in results]
         errors = [r["real_env"][f"{prefix}return_ci95"] or 0 for r in results]
         ax.errorbar(rounds, means, yerr=errors, marker="o", capsize=3, label=label)
-    ax.set_xlabel("round")
-    ax.set_ylabel("return (full episodes)")
-    ax.set_xticks(rounds)
+    ax.set(xlabel="round", ylabel="return (full episodes)", xticks=rounds)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
