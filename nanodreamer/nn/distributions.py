@@ -30,7 +30,7 @@ class TwoHot:
         y = symlog(x.float()).clamp(points[0], points[-1])
         upper = torch.searchsorted(points, y.contiguous(), right=False).clamp(1, len(points) - 1)
         lower = upper - 1
-        w_upper = (y - points[lower]) / (points[upper] - points[lower])
+        w_upper = (y - points[lower]) / (points[upper] - points[lower])  # the weights sum to 1
         target = torch.zeros(*x.shape, len(points), device=x.device)
         target.scatter_(-1, lower[..., None], (1 - w_upper)[..., None])
         target.scatter_add_(-1, upper[..., None], w_upper[..., None])

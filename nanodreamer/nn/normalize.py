@@ -27,8 +27,7 @@ class RunningRMS(nn.Module):
                 if dist.is_initialized():  # every rank normalises by the global batch's terms
                     dist.all_reduce(current)
                     current /= dist.get_world_size()
-                square = current**2
                 decay = torch.where(self.seen, self.decay, 0.0)
-                self.mean_square.mul_(decay).add_((1 - decay) * square)
+                self.mean_square.mul_(decay).add_((1 - decay) * current**2)
                 self.seen.fill_(True)
         return (self.weight * values / (self.mean_square.sqrt() + self.eps)).sum()
