@@ -218,11 +218,9 @@ def shortcut_forcing_loss(
     bootstrap = (~flow).any()
     if bootstrap:  # the teachers run first, while no activations are held for the backward
         rows = (~flow).any(1).nonzero().squeeze(1)
-        target_velocity = _bootstrap_velocity(
-            model,
-            *(x[rows] for x in (zt, tau, k, action, has_action, independent, ~flow)),
-            task=None if task is None else task[rows],
-        )
+        teacher = (x[rows] for x in (zt, tau, k, action, has_action, independent, ~flow))
+        task_rows = None if task is None else task[rows]
+        target_velocity = _bootstrap_velocity(model, *teacher, task=task_rows)
     pred, h = model(zt, tau, k, action, has_action, task=task, independent=independent)
     err = (pred.float() - z1.float()).pow(2).mean((2, 3))  # flow error per frame
     if bootstrap:
@@ -232,10 +230,8 @@ def shortcut_forcing_loss(
     weight = (0.9 * tau + 0.1) * valid.float()
     loss = (weight * err).sum() / valid.float().sum().clamp(min=1)
     with torch.no_grad():
-        metrics = {
-            "flow_mse": (err * (flow & valid)).sum() / (flow & valid).sum().clamp(min=1),
-            "bootstrap_mse": (err * (~flow & valid)).sum() / (~flow & valid).sum().clamp(min=1),
-        }
+        masked = lambda m: (err * m).sum() / m.sum().clamp(min=1)  # noqa: E731 - mean over m
+        metrics = {"flow_mse": masked(flow & valid), "bootstrap_mse": masked(~flow & valid)}
     return loss, metrics, h
 
 

@@ -29,6 +29,8 @@ from nanodreamer.nn.transformer import CHECKPOINTING, AxialTransformer
 from nanodreamer.recipes import knob
 from nanodreamer.train.distributed import Distributed, max_over_ranks, mean_over_ranks
 
+RERUN = "activation checkpointing: rerun each block (full) or its cheap ops (selective)"
+
 
 @dataclass
 class TrainConfig:
@@ -52,15 +54,8 @@ class TrainConfig:
     seed: int = knob(0, "initialisation and data order")
     workers: int = knob(2, "data loader processes")
     compile: bool = knob(False, "torch.compile the training step")
-    checkpointing: str = knob(
-        "none",
-        "activation checkpointing: rerun each block (full) or only its cheap ops (selective: "
-        "keeps matmul and attention outputs)",
-        tuple(CHECKPOINTING),
-    )
-    memory_budget: float = knob(
-        1.0, "with --compile: share (0-1] of the activations to keep, recompute the rest"
-    )
+    checkpointing: str = knob("none", RERUN, tuple(CHECKPOINTING))
+    memory_budget: float = knob(1.0, "with --compile: share (0-1] of activations kept")
     ema: float = knob(0.0, "EMA decay of the weights evaluated and exported (0: off)")
     tensorboard: bool = knob(True, "TensorBoard logs")
     wandb: bool = knob(False, "log to Weights & Biases")
