@@ -153,10 +153,7 @@ class Tokenizer(nn.Module):
     # training ---------------------------------------------------------------------------------
     def use_perceptual(self, network: nn.Module | None) -> None:
         """Add the LPIPS-style term: `network(a, b)` takes images in [-1,1], returns (N,)."""
-        if network is not None:
-            for parameter in network.parameters():
-                parameter.requires_grad_(False)
-        self.perceptual = network
+        self.perceptual = network.requires_grad_(False) if network is not None else None
 
     def loss(self, frames: torch.Tensor, valid=None) -> tuple[torch.Tensor, dict]:
         """Masked-autoencoding loss on frames (B,T,C,H,W) in [0,1]; `valid` (B,T): not padding."""
