@@ -118,7 +118,7 @@ def _round(out: Path, c: RoundsConfig, r: int, preset: str, device) -> dict:
         if (run / "metrics.jsonl").exists():
             plot_metrics(run / "metrics.jsonl", run / "losses.png", PLOTS[phase])
     result["real_env"] = evaluate_round(here, c.env, c.eval_episodes, c.figures)
-    result["data"] = summarize(EpisodeStore(data))
+    result["data"] = kept(here / "data.json", lambda: summarize(EpisodeStore(data)))  # as trained
     return result
 
 
