@@ -29,8 +29,7 @@ class WorldModel:
         self.steps, self.use_cache, self.generator = steps, use_cache, generator
         self.window = dynamics.config.window
         self.device = next(dynamics.parameters()).device
-        self.context = None  # KVCache, or dict of past frames' inputs without a cache
-        self.decoder_cache = None
+        self.context = self.decoder_cache = None  # context: a KVCache, or past frames' inputs
 
     def _noise(self, shape) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device)
@@ -44,7 +43,6 @@ class WorldModel:
         self.dynamics.check_actions(context_actions)
         if has_action is None:
             has_action = torch.arange(t, device=self.device).expand(b, t) > 0
-        self.batch = b
         self.decoder_cache = self.tokenizer.new_cache()
         self.context = self.dynamics.new_cache() if self.use_cache else None
         if t == 0:
