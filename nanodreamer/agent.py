@@ -78,19 +78,19 @@ class AgentModel(nn.Module):
         """Transformer outputs (B,T,S,D) -> agent features h_t (B,T,D)."""
         return h[:, :, self.dynamics.layout.slice("agents")].mean(2)
 
-    def context_features(self, inputs: dict, noise=None, cache=None, task=None) -> torch.Tensor:
+    def context_features(self, inputs: dict, noise=None, cache=None) -> torch.Tensor:
         """Agent features (B,T,D) of frames fed in as context (`latent_batch` inputs), noised
         to the context signal level with `noise` (drawn when None)."""
         z = inputs["z1"]
         noise = torch.randn_like(z) if noise is None else noise
         context = context_inputs(self.dynamics, z, inputs["action"], inputs["has_action"], noise)
-        return self.features(self.dynamics(**context, task=task, cache=cache)[1])
+        return self.features(self.dynamics(**context, cache=cache)[1])
 
     @torch.no_grad()
-    def observe(self, z, action, has_action, cache: KVCache | None, task=None, noise=None):
+    def observe(self, z, action, has_action, cache: KVCache | None, noise=None):
         """`context_features` of frames z (B,T,N,Dl), no gradient, extending `cache`."""
         inputs = {"z1": z, "action": action, "has_action": has_action}
-        return self.context_features(inputs, noise, cache, task)
+        return self.context_features(inputs, noise, cache)
 
 
 @torch.no_grad()

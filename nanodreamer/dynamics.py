@@ -189,7 +189,6 @@ def shortcut_forcing_loss(
     action: torch.Tensor,  # (B,T,A)
     has_action: torch.Tensor,  # (B,T) bool
     valid: torch.Tensor,  # (B,T) bool, real (not padded) frames
-    task: torch.Tensor | None = None,
     noise: dict[str, torch.Tensor] | None = None,  # from draw_noise (drawn when None)
     rollout: bool = False,  # feed `rollout_frac` of the windows their own rollout
 ) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -219,9 +218,8 @@ def shortcut_forcing_loss(
     if bootstrap:  # the teachers run first, while no activations are held for the backward
         rows = (~flow).any(1).nonzero().squeeze(1)
         teacher = (x[rows] for x in (zt, tau, k, action, has_action, independent, ~flow))
-        task_rows = None if task is None else task[rows]
-        target_velocity = _bootstrap_velocity(model, *teacher, task=task_rows)
-    pred, h = model(zt, tau, k, action, has_action, task=task, independent=independent)
+        target_velocity = _bootstrap_velocity(model, *teacher)
+    pred, h = model(zt, tau, k, action, has_action, independent=independent)
     err = (pred.float() - z1.float()).pow(2).mean((2, 3))  # flow error per frame
     if bootstrap:
         velocity = (pred[rows].float() - zt[rows].float()) / (1 - tau[rows])[..., None, None]
@@ -236,16 +234,15 @@ def shortcut_forcing_loss(
 
 
 @torch.no_grad()
-def _bootstrap_velocity(model, zt, tau, k, action, has_action, independent, boot, task=None):
+def _bootstrap_velocity(model, zt, tau, k, action, has_action, independent, boot):
     """sg(b' + b'') / 2 for the frames in `boot` (B,T); other frames keep their inputs."""
     d = 2.0 ** -k.float()
     half_k = torch.where(boot, k + 1, k)
-    options = {"task": task, "independent": independent}
-    p1, _ = model(zt, tau, half_k, action, has_action, **options)
+    p1, _ = model(zt, tau, half_k, action, has_action, independent=independent)
     b1 = (p1.float() - zt) / (1 - tau)[..., None, None]
     z_mid = torch.where(boot[..., None, None], zt + b1 * (d / 2)[..., None, None], zt)
     tau_mid = torch.where(boot, tau + d / 2, tau)
-    p2, _ = model(z_mid, tau_mid, half_k, action, has_action, **options)
+    p2, _ = model(z_mid, tau_mid, half_k, action, has_action, independent=independent)
     b2 = (p2.float() - z_mid) / (1 - tau_mid)[..., None, None]
     return (b1 + b2) / 2
 
@@ -268,26 +265,26 @@ def frame_inputs(z, tau, step_index, action, has_action) -> dict[str, torch.Tens
     return inputs | {"tau": tau, "step_index": step_index}
 
 
-def predict_new_frame(model: Dynamics, frame: dict, context, task=None):
+def predict_new_frame(model: Dynamics, frame: dict, context):
     """Clean-latent prediction (B,N,Dl) for the new frame after `context`: a KVCache of past
     frames (or None), or, to run without a cache, a dict of past frames' inputs (B,T,...)."""
     if isinstance(context, dict):
         inputs = {key: torch.cat([context[key], frame[key]], 1) for key in frame}
-        pred, _ = model(**inputs, task=task)
+        pred, _ = model(**inputs)
     else:
-        pred, _ = model(**frame, task=task, cache=context, update_cache=False)
+        pred, _ = model(**frame, cache=context, update_cache=False)
     return pred[:, -1]
 
 
 @torch.no_grad()
-def denoise(model: Dynamics, noise, action, has_action, steps: int, context, task=None):
+def denoise(model: Dynamics, noise, action, has_action, steps: int, context):
     """Generate one frame's latents (B,N,Dl) from noise (B,N,Dl) in `steps` shortcut steps of
     d = 1/steps on the grid tau = 0, d, ..., 1 - d: z <- z + d (z1_hat - z) / (1 - tau)."""
     check_steps(model, steps)
     k, d, z = int(math.log2(steps)), 1.0 / steps, noise
     for i in range(steps):
         frame = frame_inputs(z, i * d, k, action, has_action)
-        pred = predict_new_frame(model, frame, context, task).float()
+        pred = predict_new_frame(model, frame, context).float()
         z = z + d * (pred - z) / (1 - i * d)
     return z
 

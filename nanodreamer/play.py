@@ -98,15 +98,10 @@ def parse_message(text: str, action_dim: int, episodes: int) -> dict:
         raise BadMessage("message is not JSON") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise BadMessage('message must be a JSON object with a string "type"')
-    kind = message["type"]
+    kind, number = message["type"], lambda x: isinstance(x, int | float) and type(x) is not bool
     if kind == "action":
         action = message.get("action")
-        is_number = lambda a: isinstance(a, int | float) and not isinstance(a, bool)  # noqa: E731
-        if (
-            not isinstance(action, list)
-            or len(action) != action_dim
-            or not all(map(is_number, action))
-        ):
+        if type(action) is not list or len(action) != action_dim or not all(map(number, action)):
             raise BadMessage(f'"action" must be a list of {action_dim} numbers')
         if not all(math.isfinite(a) and -1.0 <= a <= 1.0 for a in action):
             raise BadMessage(f"action {action} out of range: each value must be in [-1, 1]")
@@ -118,9 +113,7 @@ def parse_message(text: str, action_dim: int, episodes: int) -> dict:
         return {"type": kind, key: message[key]}
     if kind == "reset":
         episode = message.get("episode")
-        if episode is not None and (
-            not isinstance(episode, int) or isinstance(episode, bool) or not 0 <= episode < episodes
-        ):
+        if episode is not None and not (type(episode) is int and 0 <= episode < episodes):
             raise BadMessage(f'"episode" must be null or an integer in [0, {episodes})')
         return {"type": kind, "episode": episode}
     if kind == "step":

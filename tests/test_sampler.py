@@ -4,7 +4,7 @@ import torch
 from conftest import make_store
 
 from nanodreamer.data import EpisodeStore, WindowDataset, split_episodes, window_loader
-from nanodreamer.eval.tokenizer import settle_frames
+from nanodreamer.data.sampler import settle_frames, spread_windows
 
 
 def origin(window) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +87,22 @@ def test_settle_frames_count_env_frames(tmp_path):
         )  # fmt: skip
         assert settle_frames(store) == skip
         store.close()
+
+
+def test_spread_windows_cover_the_split_evenly_inside_each_episode(synthetic_store):
+    """Evaluation windows: as many per episode, first and last start included, none crossing
+    an episode's end or starting past `span`; an empty split falls back to every episode."""
+    store = synthetic_store
+    windows = spread_windows(store, 10, 18, "all")  # 3 per episode
+    per_episode = {i: [s for j, s in windows if j == i] for i in range(len(store))}
+    assert per_episode[3] == []  # 5 frames: no 10-frame window
+    for i, starts in per_episode.items():
+        if store.lengths[i] >= 10:
+            assert starts == [0, round((store.lengths[i] - 10) / 2), store.lengths[i] - 10]
+    assert all(s <= 4 for _, s in spread_windows(store, 10, 12, "all", span=4))
+    val = spread_windows(store, 10, 4, "val")
+    assert {i for i, _ in val} <= set(split_episodes(store, "val"))
+    assert {i for i, _ in spread_windows(store, 41, 4, "val")} <= {2, 5}  # long enough
 
 
 def test_two_episodes_give_both_splits(tmp_path):

@@ -13,7 +13,7 @@ from nanodreamer.data.latents import check_dataset_matches
 from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import evaluate_agent
 from nanodreamer.eval.control import control_figures
-from nanodreamer.eval.dynamics import KINDS, evaluate_dynamics, rollout_windows
+from nanodreamer.eval.dynamics import KINDS, evaluate_dynamics, rollout_psnr, rollout_windows
 from nanodreamer.eval.pictures import save_video, side_by_side
 from nanodreamer.eval.replay import HORIZONS
 from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
@@ -130,10 +130,7 @@ def cmd_imagine(args: argparse.Namespace) -> None:
     actions = batch["action"].to(device)
     if args.actions == "random":
         actions[:, context:].uniform_(-1, 1, generator=generator)
-    world.reset(
-        frames[:, :context], actions[:, :context], batch["has_action"][:, :context].to(device)
-    )
-    imagined = torch.stack([world.step(actions[:, t]) for t in range(context, frames.shape[1])], 1)
+    _, imagined = rollout_psnr(world, frames, actions, batch["has_action"].to(device), context)
     fake = torch.cat([frames[:, :context], imagined], 1)
     path = save_video(args.out, side_by_side(frames, fake), fps=args.fps)
     print(

@@ -22,6 +22,8 @@ from nanodreamer.data.store import EpisodeStore
 from nanodreamer.errors import UserError
 
 VAL_FRACTION, CACHE_BYTES = 0.1, 1 << 30  # held-out episodes; decoded episodes kept per worker
+# Env frames at the start of an episode that are not gameplay (car racing zooms in for ~50).
+SETTLE_FRAMES = {"car-racing": 50}
 
 
 def split_episodes(store: EpisodeStore, split: str) -> list[int]:
@@ -43,6 +45,28 @@ def split_episodes(store: EpisodeStore, split: str) -> list[int]:
     if split == "train":
         return [i for i in range(len(store)) if i not in set(val)]
     raise UserError(f"unknown split {split!r}: use train, val or all")
+
+
+def settle_frames(store: EpisodeStore) -> int:
+    """Stored frames to skip at an episode's start: `SETTLE_FRAMES` at the data's action repeat."""
+    repeat = store.manifest["env_options"].get("action_repeat", 1)
+    return -(-SETTLE_FRAMES.get(store.manifest["env"], 0) // repeat)
+
+
+def spread_windows(store, length: int, count: int, split: str, span: int | None = None):
+    """(episode, start) of windows of `length` frames, `count` spread evenly over the split's
+    episodes (every episode's if the split is empty), after the settle frames where the
+    episode is long enough and, with `span`, at most `span` frames later. Deterministic."""
+    skip, episodes = settle_frames(store), split_episodes(store, split) or range(len(store))
+    per_episode, windows = max(1, -(-count // len(episodes))), []
+    for index in episodes:
+        n = store.episodes[index]["length"]
+        if n < length:
+            continue
+        first = skip if n >= skip + length else 0
+        last = n - length if span is None else min(n - length, first + span)
+        windows += [(index, int(s)) for s in np.linspace(first, last, per_episode).round()]
+    return windows
 
 
 def labelled_episodes(store, labelled_frac: float = 1.0, seed: int = 0) -> np.ndarray:

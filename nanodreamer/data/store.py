@@ -218,12 +218,10 @@ class EpisodeStore:
 
     def _entry(self, relative: str, episode: dict, actions: bool) -> dict:
         """The manifest entry of the episode (file) `relative`."""
-        reward, size = episode["reward"], (self.path / relative).stat().st_size
+        reward, ended = episode["reward"], bool(episode["is_terminal"][-1])
+        size = (self.path / relative).stat().st_size
         entry = dict(file=relative, length=len(reward), bytes=size, actions=actions)
-        return entry | {
-            "return": float(reward.sum()),
-            "terminated": bool(episode["is_terminal"][-1]),
-        }
+        return entry | {"return": float(reward.sum()), "terminated": ended}
 
 
 def load_episode_file(file: Path, keys: tuple[str, ...] = KEYS) -> dict[str, np.ndarray]:
@@ -249,10 +247,7 @@ def verify(path: str | Path, repair: bool = False) -> list[str]:
         warnings.simplefilter("always")
         store = EpisodeStore(path, _writable=repair)
     problems = [str(w.message) for w in caught]
-    bad = set()
-    for entry in store.manifest["episodes"]:
-        if entry not in store.episodes:
-            bad.add(entry["file"])
+    bad = {e["file"] for e in store.manifest["episodes"] if e not in store.episodes}
     for entry in store.episodes:
         try:
             load_episode_file(store.path / entry["file"])

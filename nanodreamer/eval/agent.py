@@ -168,12 +168,6 @@ def evaluate_agent(run, env_name: str, episodes: int, *, seed=0, video=None, mod
     cars, action_dim = envs.num_streams(probe), probe.action_space.shape[-1]
     probe.close()
     policy = AgentPolicy(run, num_envs=cars * episodes, mode=mode)
-    if action_dim != policy.model.dynamics.config.action_dim:
-        raise UserError(
-            f"{env_name} has {action_dim}-D actions, the agent "
-            f"{policy.model.dynamics.config.action_dim}-D"
-        )
-
     random_for = lambda streams: random_policy(env_name, streams, action_dim, seed)  # noqa: E731
 
     taken = [e.get("seed") for e in manifest["episodes"]] + manifest.get("collection_seeds", [])

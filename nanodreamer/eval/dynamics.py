@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanodreamer.data import EpisodeStore, split_episodes
+from nanodreamer.data import EpisodeStore
+from nanodreamer.data.sampler import spread_windows
 from nanodreamer.eval.metrics import psnr, seeded
 from nanodreamer.eval.pictures import save_video, side_by_side
 from nanodreamer.eval.replay import HORIZONS, NotReplayable, branches_after_contexts, context_batch
-from nanodreamer.eval.tokenizer import settle_frames
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
 
@@ -30,34 +30,25 @@ KINDS = ("", "baseline_", "ceiling_", "shuffled_", "counterfactual_", "ignore_ac
 
 
 def rollout_windows(data: str | Path, length: int, count: int, split: str = "val") -> dict:
-    """Up to `count` windows of `length` frames (obs uint8, action, is_first, has_action),
-    evenly spread over the split's episodes after the settle frames."""
-    store = EpisodeStore(data)
-    skip = settle_frames(store)
-    episodes = split_episodes(store, split) or split_episodes(store, "all")
-    per_episode = max(1, -(-count // len(episodes)))
-    windows = []
-    for index in episodes:
+    """Up to `count` windows (`spread_windows`) of `length` frames: obs uint8, action,
+    is_first, has_action."""
+    store, windows = EpisodeStore(data), []
+    for index, start in spread_windows(store, length, count, split)[:count]:
         ep = store.load(index, ("obs", "action", "is_first"))
         ep["has_action"] = ~ep["is_first"] & store.labelled[index]
-        n = len(ep["obs"])
-        if n < length:
-            continue
-        first = skip if n >= skip + length else 0
-        for start in torch.linspace(first, n - length, per_episode).round().long().tolist():
-            windows.append({k: torch.from_numpy(v[start : start + length]) for k, v in ep.items()})
+        windows.append({k: torch.from_numpy(v[start : start + length]) for k, v in ep.items()})
     if not windows:
         raise ValueError(f"{data}: no {split} episode has {length} frames")
-    windows = windows[:count]
     return {k: torch.stack([w[k] for w in windows]) for k in windows[0]}
 
 
 @torch.no_grad()
-def rollout_psnr(world: WorldModel, frames, actions, has_action, context: int) -> torch.Tensor:
-    """PSNR (B, H) of frames imagined after `context` real ones, following `actions`."""
+def rollout_psnr(world: WorldModel, frames, actions, has_action, context: int):
+    """Frames (B,H,C,H,W) imagined after `context` real ones following `actions`, and their
+    PSNR (B,H) -> (PSNR, frames)."""
     world.reset(frames[:, :context], actions[:, :context], has_action[:, :context])
-    imagined = [world.step(actions[:, t]) for t in range(context, frames.shape[1])]
-    return psnr(torch.stack(imagined, 1), frames[:, context:]), torch.stack(imagined, 1)
+    imagined = torch.stack([world.step(actions[:, t]) for t in range(context, frames.shape[1])], 1)
+    return psnr(imagined, frames[:, context:]), imagined
 
 
 @torch.no_grad()

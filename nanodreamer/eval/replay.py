@@ -10,12 +10,12 @@ import numpy as np
 import torch
 
 from nanodreamer import envs
-from nanodreamer.data import EpisodeStore, split_episodes
+from nanodreamer.data import EpisodeStore
 from nanodreamer.data.collect import random_policy
+from nanodreamer.data.sampler import spread_windows
 from nanodreamer.envs.car_racing import frames_skipped
 from nanodreamer.envs.wrappers import bin_centers
 from nanodreamer.errors import UserError
-from nanodreamer.eval.tokenizer import settle_frames
 
 HORIZONS = (1, 4, 8, 16)
 
@@ -36,23 +36,16 @@ class Context:
 
 
 def pick_contexts(store: EpisodeStore, count: int, context: int, horizon: int, split="val"):
-    """Up to `count` contexts spread over the split's episodes, each followed by `horizon`
+    """Up to `count` contexts of seeded episodes (`spread_windows`), each followed by `horizon`
     recorded frames, within 200 frames of the settle frames (short replays)."""
-    settle = settle_frames(store)
-    episodes = split_episodes(store, split) or split_episodes(store, "all")
-    per_episode = max(1, -(-count // len(episodes)))
-    contexts = []
-    for index in episodes:
-        entry, length = store.episodes[index], store.episodes[index]["length"]
-        if entry.get("seed") is None or length < context + horizon + 1:
-            continue
-        first = settle if length >= settle + context + horizon + 1 else 0
-        last = min(length - context - horizon - 1, first + 200)
-        for s in np.linspace(first, last, per_episode).round().astype(int):
-            contexts.append(Context(index, entry["seed"], int(s), int(s) + context - 1))
+    length, seeds = context + horizon + 1, [e.get("seed") for e in store.episodes]
+    windows = spread_windows(store, length, count, split, span=200)
+    contexts = [
+        Context(i, seeds[i], s, s + context - 1) for i, s in windows if seeds[i] is not None
+    ]
     if not contexts:
         raise NotReplayable(
-            f"{store.path}: no replayable {split} episode has {context + horizon + 1} frames "
+            f"{store.path}: no replayable {split} episode has {length} frames "
             "(episodes need their seed in the manifest and that many frames)"
         )
     return contexts[:count]
