@@ -11,8 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nanodreamer.data import EpisodeStore
-from nanodreamer.eval.dynamics import KINDS
-from nanodreamer.eval.replay import HORIZONS
+from nanodreamer.eval.dynamics import psnr_table
 from nanodreamer.io import write_json
 from nanodreamer.pipeline import round_dir, run_rounds
 from nanodreamer.recipes import recipe
@@ -47,8 +46,6 @@ def summary(results: dict, out: Path, minutes: float, preset: str) -> str:
     a, here = results["real_env"], round_dir(out, results["round"])
     nan = float("nan")
     control, real = w.get("controllability_h8", nan), a.get("real_return_h16", nan)
-    cells = lambda h: " | ".join(f"{w.get(f'{k}psnr_h{h}', nan):.2f}" for k in KINDS)  # noqa: E731
-    rows = "\n".join(f"| h{h} | {cells(h)} |" for h in HORIZONS)
     return f"""# nanodreamer demo
 
 {d["env"]}, {minutes:g}-minute training budget per round, preset `{preset}`; round
@@ -67,9 +64,7 @@ reconstructed)
 ## Dynamics
 Open-loop rollouts after {w["context"]} real frames, PSNR in dB:
 
-| h | model | copy last | tokenizer ceiling | shuffled actions | counterfactual | ignore actions |
-| --- | --- | --- | --- | --- | --- | --- |
-{rows}
+{psnr_table(w)}
 
 Controllability (counterfactual minus ignore-actions PSNR at h8): **{control:+.2f} dB**
 (clearly above 0: the model follows actions). Generation: {w["fps"]:.1f} frames/s with the

@@ -13,9 +13,8 @@ from nanodreamer.data.latents import check_dataset_matches
 from nanodreamer.errors import UserError
 from nanodreamer.eval.agent import evaluate_agent
 from nanodreamer.eval.control import control_figures
-from nanodreamer.eval.dynamics import KINDS, evaluate_dynamics, rollout_psnr, rollout_windows
+from nanodreamer.eval.dynamics import evaluate_dynamics, psnr_table, rollout_psnr, rollout_windows
 from nanodreamer.eval.pictures import save_video, side_by_side
-from nanodreamer.eval.replay import HORIZONS
 from nanodreamer.eval.tokenizer import evaluate_tokenizer, validation_windows
 from nanodreamer.io import to_json
 from nanodreamer.pretrained import pretrained
@@ -100,11 +99,7 @@ def cmd_eval_dynamics(args: argparse.Namespace) -> None:
         print(to_json(results))
         return
     print(f"rollout PSNR after {results['context']} context frames ({results['windows']} windows)")
-    print("horizon   model  copy-last  tokenizer  shuffled  counterfactual  ignore-actions")
-    for h in HORIZONS:
-        row = [results.get(f"{kind}psnr_h{h}", float("nan")) for kind in KINDS]
-        print(f"h{h:<8}{row[0]:6.2f}  {row[1]:9.2f}  {row[2]:9.2f}  {row[3]:8.2f}  "
-              f"{row[4]:14.2f}  {row[5]:14.2f}")  # fmt: skip
+    print(psnr_table(results))
     if "controllability_h8" in results:
         print(
             f"controllability at h8: {results['controllability_h8']:+.2f} dB (counterfactual "

@@ -11,6 +11,7 @@ scores) and their difference `controllability_h{h}` (dB: clearly > 0 when action
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -25,8 +26,18 @@ from nanodreamer.eval.replay import HORIZONS, NotReplayable, branches_after_cont
 from nanodreamer.tokenizer import frames_from_uint8
 from nanodreamer.world import WorldModel
 
-# The rollouts scored per horizon, as prefixes of `psnr_h{h}` (the module doc)
+# The rollouts scored per horizon, as prefixes of `psnr_h{h}` (the module doc), and their names
 KINDS = ("", "baseline_", "ceiling_", "shuffled_", "counterfactual_", "ignore_actions_")
+NAMES = ("model", "copy last", "tokenizer ceiling", "shuffled actions", "counterfactual",
+         "ignore actions")  # fmt: skip
+
+
+def psnr_table(results: dict) -> str:
+    """The rollout PSNR of every kind at every horizon, as a Markdown table."""
+    rows = [["h", *NAMES], ["---"] * 7]
+    for h in HORIZONS:
+        rows.append([f"h{h}"] + [f"{results.get(f'{k}psnr_h{h}', math.nan):.2f}" for k in KINDS])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 def rollout_windows(data: str | Path, length: int, count: int, split: str = "val") -> dict:
