@@ -50,6 +50,7 @@ def evaluate(out: Path, episodes: int) -> dict:
         "frames": last["data"]["frames"] * config["collect"]["action_repeat"],  # env frames
         "rounds": [r["real_env"]["return_mean"] for r in rounds],
         "acting": e["acting"],
+        "tiles": policy.get("tiles_visited_mean"),  # car racing: the share of the track covered
         "controllability_h8": d.get("controllability_h8"),
         "reward_corr": e.get("reward_corr"),
         "imagined_real_corr": e.get("imagined_real_corr"),
@@ -67,15 +68,16 @@ def table(rows: dict[int, dict], walls: dict[int, float | None]) -> str:
 
     lines = [
         "| seed | imagination policy | BC | random | per round (its evaluation) | frames | hours "
-        "| acting | controllability h8 (dB) | reward corr | imagined-real corr |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| acting | tiles visited | controllability h8 (dB) | reward corr | imagined-real corr |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for seed, r in rows.items():
         per_round = ", ".join(f"{x:+.0f}" for x in r["rounds"])
         lines.append(
             f"| {seed} | {interval(r['policy'])} | {interval(r['bc'])} | "
             f"{interval(r['random'])} | {per_round} | {r['frames']:,} | {figure(walls[seed])} | "
-            f"{r['acting']} | {figure(r['controllability_h8'])} | {figure(r['reward_corr'])} | "
+            f"{r['acting']} | {figure(r.get('tiles'))} | {figure(r['controllability_h8'])} | "
+            f"{figure(r['reward_corr'])} | "
             f"{figure(r['imagined_real_corr'])} |"
         )
     means = [r["policy"][0] for r in rows.values()]

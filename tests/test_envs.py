@@ -6,7 +6,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from nanodreamer import envs
-from nanodreamer.envs.car_racing import CarRacingAction, frames_skipped, redrawn
+from nanodreamer.envs.car_racing import CarRacingAction, frames_skipped, redrawn, tiles_visited
 from nanodreamer.envs.wrappers import DiscreteAsBins, bin_centers
 from nanodreamer.errors import UserError
 
@@ -62,6 +62,16 @@ def test_action_repeat_sums_rewards():
     rewards = [one.step(action)[1] for _ in range(4)]
     obs_two = [two.step(action) for _ in range(2)]
     np.testing.assert_allclose(sum(rewards), sum(o[1] for o in obs_two), rtol=1e-5)
+
+
+def test_tiles_visited_is_what_the_return_paid_for():
+    """CarRacing pays 1000/N per new tile and -0.1 per frame: the return gives the share."""
+    env = envs.make("car-racing", action_repeat=8)
+    env.reset(seed=3)
+    total = sum(env.step(np.array([0.0, 1.0], np.float32))[1] for _ in range(10))  # 80 frames
+    assert tiles_visited(env) > 0.02
+    np.testing.assert_allclose(tiles_visited(env), (total + 0.1 * 80) / 1000, rtol=1e-4)
+    assert np.isnan(tiles_visited(envs.make("dot")))
 
 
 def test_skipped_frames_change_nothing_but_time():

@@ -192,10 +192,11 @@ def test_racing_copies_of_a_policy_or_against_random_cars(tmp_path):
 
     options = {"num_cars": 2, "max_episode_steps": 30}
     video = tmp_path / "race.gif"
-    own, steps = run_episodes("multi-car-racing", options, Scripted(), [0, 1], video=video)
+    own, steps, tiles = run_episodes("multi-car-racing", options, Scripted(), [0, 1], video=video)
     assert own.shape == (2, 2) and (steps == 30).all() and video.stat().st_size > 0
+    assert np.isnan(tiles).all()  # the multi-car race counts tiles per car, in its rewards
     rivals = RandomPolicy(2, 2, seed=0, low=(-1.0, -1.0), high=(1.0, -1.0))  # brakes only
-    mixed, _ = run_episodes("multi-car-racing", options, Scripted(), [0, 1], opponents=rivals)
+    mixed, *_ = run_episodes("multi-car-racing", options, Scripted(), [0, 1], opponents=rivals)
     np.testing.assert_allclose(mixed[:, 0], own[:, 0], atol=1e-4)  # same car 0, same seeds
     assert (mixed[:, 1] < own[:, 1]).all()  # a braking car visits fewer tiles
 

@@ -149,6 +149,7 @@ def format_agent_results(r: dict, env: str) -> str:
         f"{r['episodes']} full episodes of {env} on fresh seeds, mean ± 95% interval: agent "
         f"{r['return_mean']:.1f} ± {r['return_ci95']:.1f} (std {r['return_std']:.1f}), random "
         f"{r['random_return_mean']:.1f} ± {r['random_return_ci95']:.1f}"
+        + (f"; {r['tiles_visited_mean']:.0%} of the tiles" if "tiles_visited_mean" in r else "")
     ]
     if "reward_corr" in r:
         lines += [

@@ -61,8 +61,7 @@ class _Recorder:
 
     def __init__(self, obs: np.ndarray, action_dim: int):
         self.obs, self.action = [obs], [np.zeros(action_dim, np.float32)]
-        self.reward, self.is_terminal = [0.0], [False]
-        self.frames = [obs]
+        self.reward, self.is_terminal, self.frames = [0.0], [False], [obs]
 
     def add(self, obs, action, reward, terminated) -> None:
         self.obs.append(obs)
@@ -76,11 +75,9 @@ class _Recorder:
             steps.pop()
 
     def episode(self) -> dict[str, np.ndarray]:
-        arrays = dict(obs=np.stack(self.obs), action=np.stack(self.action))
-        arrays |= dict(
-            reward=np.array(self.reward, np.float32), is_terminal=np.array(self.is_terminal)
-        )
-        return arrays | {"is_first": np.arange(len(self.obs)) == 0}
+        reward, is_terminal = np.array(self.reward, np.float32), np.array(self.is_terminal)
+        arrays = dict(obs=np.stack(self.obs), action=np.stack(self.action), reward=reward)
+        return arrays | {"is_terminal": is_terminal, "is_first": np.arange(len(self.obs)) == 0}
 
     def frame_episodes(self, repeat: int) -> list[dict[str, np.ndarray]]:
         """Every stepped frame as `repeat` action-free episodes, one per phase of the action

@@ -53,6 +53,13 @@ def frames_skipped(env: gym.Env):
         del base._render
 
 
+def tiles_visited(env: gym.Env) -> float:
+    """The share of the track's tiles the car has visited (what its return pays for); nan for
+    envs other than CarRacing."""
+    base = env.unwrapped
+    return base.tile_visited_count / len(base.track) if type(base) is CarRacing else float("nan")
+
+
 def redrawn(env: gym.Env, obs: np.ndarray) -> np.ndarray:
     """The frame of `env`'s current state (through its observation wrappers), for `obs`
     returned by a step in `frames_skipped`."""

@@ -12,6 +12,7 @@ from nanodreamer import envs
 from nanodreamer.agent import AgentModel, sample_action
 from nanodreamer.data import EpisodeStore
 from nanodreamer.data.collect import random_policy
+from nanodreamer.envs.car_racing import tiles_visited
 from nanodreamer.errors import UserError
 from nanodreamer.eval.metrics import mean_interval, seeded
 from nanodreamer.eval.pictures import save_video
@@ -105,10 +106,10 @@ def evaluation_seeds(seed: int, episodes: int, taken=()) -> list[int]:
 
 
 def run_episodes(env_name: str, env_options: dict, policy, seeds: list[int], video=None,
-                 desc="episodes", opponents=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                 desc="episodes", opponents=None) -> tuple[np.ndarray, ...]:  # fmt: skip
     """One episode per seed, in lockstep (the policy acts on every env in one batch) ->
-    returns (episodes, cars) and env steps (episodes,). `opponents` drives every car but the
-    first; `video`: the first episode, all cars' views side by side."""
+    returns (episodes, cars), env steps and car racing's `tiles_visited` (episodes,).
+    `opponents` drives every car but the first; `video`: the first episode, all cars' views."""
     pool = [envs.make(env_name, **env_options) for _ in seeds]
     cars = envs.num_streams(pool[0])
     rivals = np.tile(np.arange(cars) > 0, len(pool))  # streams the opponents drive
@@ -116,7 +117,7 @@ def run_episodes(env_name: str, env_options: dict, policy, seeds: list[int], vid
     views = views.reshape(len(pool) * cars, *views.shape[-3:])  # (envs*cars, H, W, C)
     is_first = np.ones(len(views), bool)
     total, running, frames = np.zeros((len(pool), cars)), np.ones(len(pool), bool), []
-    steps = np.zeros(len(pool), int)
+    steps, tiles = np.zeros(len(pool), int), np.full(len(pool), np.nan)
     bar = tqdm(total=len(pool), desc=desc, unit="ep")
     while running.any():
         if video is not None and running[0]:
@@ -132,14 +133,14 @@ def run_episodes(env_name: str, env_options: dict, policy, seeds: list[int], vid
             total[i] += np.asarray(reward).reshape(cars)
             steps[i] += 1
             if terminated or truncated:
-                running[i] = False
+                running[i], tiles[i] = False, tiles_visited(pool[i])
                 bar.update(1)
     bar.close()
     for env in pool:
         env.close()
     if video is not None and frames:
         save_video(video, np.stack(frames), fps=25, scale=2)
-    return total, steps
+    return total, steps, tiles
 
 
 def evaluate_agent(run, env_name: str, episodes: int, *, seed=0, video=None, mode=None, random=True,
@@ -174,16 +175,20 @@ def evaluate_agent(run, env_name: str, episodes: int, *, seed=0, video=None, mod
     seeds = evaluation_seeds(seed, episodes, taken)
     rivals = random_for((cars - 1) * episodes) if opponents == "random" and cars > 1 else None
     with seeded(seed):  # the policy's sampled actions: the same figures on every call
-        returns, steps = run_episodes(env_name, options, policy, seeds, video, "agent", rivals)
+        returns, steps, tiles = run_episodes(
+            env_name, options, policy, seeds, video, "agent", rivals
+        )
     scored = returns[:, :1] if rivals is not None else returns
     results = {f"return_{k}": v for k, v in mean_interval(scored).items()}
     results |= {"returns": scored.ravel().tolist(), "episodes": episodes, "seeds": seeds}
     results["frames"] = int(steps.sum()) * options.get("action_repeat", 1)  # env frames stepped
     results["env_options"] = options
+    if not np.isnan(tiles).all():  # car racing: the share of the track the episodes covered
+        results["tiles_visited_mean"] = float(tiles.mean())
     if cars > 1:
         results["per_car_return_mean"] = returns.mean(0).tolist()
     if random:
-        scores, _ = run_episodes(
+        scores, *_ = run_episodes(
             env_name, options, random_for(cars * episodes), seeds, desc="random"
         )
         results |= {f"random_return_{k}": v for k, v in mean_interval(scores).items()}
